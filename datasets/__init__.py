@@ -1,0 +1,1 @@
+"""Dataset cards shipped with metactl (YAML files beside this module)."""

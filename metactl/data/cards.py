@@ -29,7 +29,8 @@ class Source:
 
     @property
     def checksums(self) -> dict[str, str]:
-        return {name: value for name, value in (("md5", self.md5), ("sha256", self.sha256)) if value}
+        pairs = (("md5", self.md5), ("sha256", self.sha256))
+        return {name: value for name, value in pairs if value}
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 import threading
@@ -14,9 +13,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from testsupport import SHARED_DATASETS
 
 # The offline mirror of genuine dataset files; tests that need it skip without it.
-SHARED_DATASETS = Path(os.environ.get("METACTL_TEST_DATASETS", Path(__file__).resolve().parents[2].parent / "shared" / "datasets"))
+
 OMNIGLOT_FILES = (
     "splits/vinyals/val.txt",
     "images_background_small1.zip",

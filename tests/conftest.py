@@ -1,0 +1,23 @@
+"""Fixtures shared by every test folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from testsupport import SHARED_DATASETS
+
+
+@pytest.fixture(scope="session")
+def omniglot_root(tmp_path_factory) -> Path:
+    """A data root holding the complete, real Omniglot (Vinyals store at 28 px), built once per
+    session from the offline mirror. ``METACTL_TEST_HOME`` reuses a root across sessions."""
+    from metactl.data.manage import fetch_dataset
+
+    if not (SHARED_DATASETS / "omniglot" / "images_background.zip").is_file():
+        pytest.skip(f"the Omniglot mirror is not at {SHARED_DATASETS}")
+    reuse = os.environ.get("METACTL_TEST_HOME")
+    root = Path(reuse) if reuse else tmp_path_factory.mktemp("metactl-home")
+    fetch_dataset("omniglot", root=root, mirror=str(SHARED_DATASETS))
+    return root

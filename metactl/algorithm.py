@@ -1,0 +1,195 @@
+"""The contract every algorithm plugin fulfils.
+
+An algorithm is a class with a name, a family, a one-line summary and the paper it implements;
+its hyperparameter defaults as data; its device settings; a model builder; and an inner loop:
+``adapt(model, support) -> task state``, then ``logits(model, state, query images)``. The task
+state is opaque to the engine: nothing for metric methods (prototypes, say), adapted parameters
+for MAML and Reptile, an LSTM-updated learner for Meta-Learner LSTM, fast weights for MetaNet,
+a memory for MANN.
+
+The engine owns the rest: the outer optimizer and its schedule, the loop over meta-batches,
+validation, checkpoints, seeds, evaluation with confidence intervals and prediction I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+
+    from metactl.data.episodes import TaskBatch
+
+FAMILIES = ("metric", "model", "optimization", "baseline")
+
+
+@dataclass(frozen=True)
+class DeviceSettings:
+    """How an algorithm prefers to run; the engine applies these and the user may override them.
+
+    Attributes:
+        preferred: devices to try in order when the user asks for ``auto``.
+        mixed_precision: ``"bf16"``, ``"fp16"`` or ``None`` (full float32), on CUDA only.
+        channels_last: use the channels-last memory format for convolutions.
+        compile: wrap the model in ``torch.compile``.
+        deterministic: ask PyTorch for deterministic kernels (slower on CUDA).
+    """
+
+    preferred: tuple[str, ...] = ("cuda", "cpu")
+    mixed_precision: str | None = None
+    channels_last: bool = False
+    compile: bool = False
+    deterministic: bool = False
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a model builder needs to know about the data and the task.
+
+    Attributes:
+        channels, height, width: the image shape the model receives.
+        way: classes per training task (for heads with one output per class).
+        num_train_classes: classes in the training split (for pre-training heads).
+    """
+
+    channels: int
+    height: int
+    width: int
+    way: int
+    num_train_classes: int = 0
+
+
+@dataclass(frozen=True)
+class LabelledImages:
+    """Images of a batch of tasks with their labels.
+
+    Attributes:
+        images: float, (tasks, images, channels, height, width).
+        labels: int64, (tasks, images), values in [0, way).
+        way: classes per task.
+    """
+
+    images: Tensor
+    labels: Tensor
+    way: int
+
+    @property
+    def tasks(self) -> int:
+        return self.images.shape[0]
+
+
+def support_of(batch: TaskBatch) -> LabelledImages:
+    return LabelledImages(batch.support_images, batch.support_labels, batch.way)
+
+
+@dataclass
+class StepResult:
+    """What one meta-training step reports.
+
+    Attributes:
+        loss: scalar tensor; the meta-objective (detached by the engine for logging).
+        accuracy: mean query accuracy in [0, 1], if the method classifies.
+        extra: other scalars worth logging.
+    """
+
+    loss: Tensor
+    accuracy: float | None = None
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+class InnerLoop(Protocol):
+    """How a learner adapts to a task's support set; reusable across algorithms.
+
+    ``adapt`` returns the task state that the query pass uses. Metric methods use
+    :class:`NoAdaptation`; gradient-based ones return adapted parameters.
+    """
+
+    def adapt(self, algorithm: Algorithm, model: nn.Module, support: LabelledImages) -> Any: ...
+
+
+class NoAdaptation:
+    """The identity inner loop of metric methods: the task state is the embedded support set,
+    computed by the algorithm's own :meth:`Algorithm.task_state`."""
+
+    def adapt(self, algorithm: Algorithm, model: nn.Module, support: LabelledImages) -> Any:
+        return algorithm.task_state(model, support)
+
+
+class Algorithm:
+    """Base class of metactl algorithms. Subclass it, fill in the class attributes, implement
+    :meth:`build_model` and :meth:`logits` (and :meth:`task_state` or an ``inner_loop``), and
+    register the class from a ``metactl_register_algorithms`` hook.
+
+    Class attributes:
+        name: what users type (``metactl train NAME``); lower case, digits and dashes.
+        family: one of ``metric``, ``model``, ``optimization``, ``baseline``.
+        summary: one line for ``metactl plugins list``.
+        paper: the citation of the method.
+        defaults: hyperparameters as data: ``{"*": {...}, "omniglot": {...},
+            "omniglot/1-shot": {...}, "omniglot/5-way": {...}}``; the engine merges the entries
+            that match the run, most specific last, then the config file, then CLI options.
+        hyperparameter_help: one line per algorithm-specific hyperparameter.
+        device: the preferred :class:`DeviceSettings`.
+        inner_loop: the strategy that turns a support set into a task state.
+        adapts_with_gradients: whether the inner loop differentiates (MAML); when false, the
+            engine evaluates and predicts under ``torch.no_grad()``.
+    """
+
+    name: ClassVar[str] = ""
+    family: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    defaults: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+    hyperparameter_help: ClassVar[Mapping[str, str]] = {}
+    device: ClassVar[DeviceSettings] = DeviceSettings()
+    inner_loop: ClassVar[InnerLoop] = NoAdaptation()
+    adapts_with_gradients: ClassVar[bool] = False
+
+    def __init__(self, hparams: Mapping[str, Any]) -> None:
+        self.hparams = dict(hparams)
+
+    def build_model(self, spec: ModelSpec) -> nn.Module:
+        """The network whose parameters the engine's outer optimizer trains."""
+        raise NotImplementedError(f"{type(self).__name__} must implement build_model")
+
+    def task_state(self, model: nn.Module, support: LabelledImages) -> Any:
+        """For :class:`NoAdaptation`: what the query pass needs from the support set."""
+        raise NotImplementedError(f"{type(self).__name__} must implement task_state")
+
+    def adapt(self, model: nn.Module, support: LabelledImages) -> Any:
+        """Run the inner loop on a batch of support sets and return the task state."""
+        return self.inner_loop.adapt(self, model, support)
+
+    def logits(self, model: nn.Module, state: Any, query_images: Tensor) -> Tensor:
+        """Class scores of the query images given the task state.
+
+        Args:
+            query_images: float, (tasks, queries, channels, height, width).
+
+        Returns:
+            float, (tasks, queries, way).
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement logits")
+
+    def loss(self, model: nn.Module, batch: TaskBatch) -> StepResult:
+        """The meta-objective on a batch of tasks: query cross-entropy after adaptation."""
+        import torch.nn.functional as functional
+
+        state = self.adapt(model, support_of(batch))
+        scores = self.logits(model, state, batch.query_images)
+        loss = functional.cross_entropy(scores.flatten(0, 1), batch.query_labels.flatten())
+        accuracy = (scores.argmax(-1) == batch.query_labels).float().mean().item()
+        return StepResult(loss, accuracy)
+
+    def meta_gradient(self, model: nn.Module, batch: TaskBatch) -> StepResult:
+        """Leave the meta-gradient in the parameters' ``.grad``; the engine then steps its
+        optimizer. Override for updates that are not the gradient of a loss (Reptile)."""
+        result = self.loss(model, batch)
+        result.loss.backward()
+        return result
+
+    def predict(self, model: nn.Module, support: LabelledImages, query_images: Tensor) -> Tensor:
+        """Class probabilities of the queries, (tasks, queries, way), after adapting."""
+        return self.logits(model, self.adapt(model, support), query_images).softmax(-1)

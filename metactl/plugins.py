@@ -1,0 +1,156 @@
+"""Finding and loading plugins: entry points, one at a time, each in isolation."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import metadata
+
+import pluggy
+
+from metactl import hookspecs
+from metactl.algorithm import FAMILIES, Algorithm
+from metactl.errors import PluginError, UsageError
+
+NAME_PATTERN = re.compile(r"^[a-z][a-z0-9-]*$")
+
+
+@dataclass(frozen=True)
+class PluginFailure:
+    """A plugin that could not be loaded or registered; shown by ``metactl plugins list``."""
+
+    plugin: str
+    distribution: str
+    error: str
+
+
+@dataclass(frozen=True)
+class RegisteredAlgorithm:
+    algorithm: type[Algorithm]
+    plugin: str
+    distribution: str
+
+
+class AlgorithmRegistry:
+    """The algorithms contributed by plugins, by name."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, RegisteredAlgorithm] = {}
+        self._plugin = "?"
+        self._distribution = "?"
+        self._pending: list[str] = []
+
+    def _begin(self, plugin: str, distribution: str) -> None:
+        """Attribute the next registrations to ``plugin``; they stay pending until committed."""
+        self._plugin, self._distribution, self._pending = plugin, distribution, []
+
+    def _rollback(self) -> None:
+        for name in self._pending:
+            del self._entries[name]
+        self._pending = []
+
+    def add(self, algorithm: type[Algorithm]) -> None:
+        """Register ``algorithm`` (a subclass of :class:`metactl.algorithm.Algorithm`)."""
+        _check_algorithm(algorithm)
+        existing = self._entries.get(algorithm.name)
+        if existing is not None:
+            raise PluginError(
+                f"algorithm {algorithm.name!r} is registered by both {existing.distribution} "
+                f"and {self._distribution}",
+                "uninstall one of the two packages")
+        self._entries[algorithm.name] = RegisteredAlgorithm(algorithm, self._plugin,
+                                                            self._distribution)
+        self._pending.append(algorithm.name)
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def entries(self) -> list[RegisteredAlgorithm]:
+        return [self._entries[name] for name in self.names()]
+
+    def entry(self, name: str) -> RegisteredAlgorithm:
+        if name in self._entries:
+            return self._entries[name]
+        close = [known for known in self.names() if name and known.startswith(name)]
+        close = close[:3] or difflib.get_close_matches(name, self.names(), n=3)
+        hint = (f"did you mean {' or '.join(repr(c) for c in close)}?" if close
+                else f"known algorithms: {', '.join(self.names()) or 'none'}")
+        raise UsageError(f"unknown algorithm {name!r}", hint)
+
+    def get(self, name: str) -> type[Algorithm]:
+        return self.entry(name).algorithm
+
+
+def _check_algorithm(algorithm: type[Algorithm]) -> None:
+    if not (isinstance(algorithm, type) and issubclass(algorithm, Algorithm)):
+        raise PluginError(f"{algorithm!r} is not a subclass of metactl.algorithm.Algorithm",
+                          "register Algorithm subclasses only")
+    if not NAME_PATTERN.match(algorithm.name or ""):
+        raise PluginError(f"algorithm class {algorithm.__name__} has an invalid name "
+                          f"{algorithm.name!r}", "use lower-case letters, digits and dashes")
+    if algorithm.family not in FAMILIES:
+        raise PluginError(f"algorithm {algorithm.name!r} has family {algorithm.family!r}",
+                          f"use one of {', '.join(FAMILIES)}")
+
+
+@dataclass
+class PluginSet:
+    manager: pluggy.PluginManager
+    registry: AlgorithmRegistry
+    failures: list[PluginFailure]
+
+
+def _distribution_name(entry_point: metadata.EntryPoint) -> str:
+    dist = getattr(entry_point, "dist", None)
+    return f"{dist.metadata['Name']} {dist.version}" if dist is not None else "unknown"
+
+
+def _entry_points() -> list[metadata.EntryPoint]:
+    return sorted(metadata.entry_points(group=hookspecs.ENTRY_POINT_GROUP), key=lambda e: e.name)
+
+
+@lru_cache(maxsize=1)
+def load_plugins() -> PluginSet:
+    """Load every entry point of the ``metactl`` group and collect the algorithms.
+
+    Entry points are loaded one by one, each inside its own ``try``, so a broken plugin is
+    recorded in ``failures`` and the others keep working.
+    """
+    manager = pluggy.PluginManager(hookspecs.PROJECT)
+    manager.add_hookspecs(hookspecs)
+    registry = AlgorithmRegistry()
+    failures: list[PluginFailure] = []
+    for entry_point in _entry_points():
+        distribution = _distribution_name(entry_point)
+        registry._begin(entry_point.name, distribution)
+        try:
+            _load_one(manager, registry, entry_point)
+        except Exception as error:  # noqa: BLE001 - a broken plugin must not break the others
+            registry._rollback()
+            failures.append(PluginFailure(entry_point.name, distribution, _describe(error)))
+    return PluginSet(manager, registry, failures)
+
+
+def _load_one(manager: pluggy.PluginManager, registry: AlgorithmRegistry,
+              entry_point: metadata.EntryPoint) -> None:
+    module = entry_point.load()
+    manager.register(module, name=entry_point.name)
+    try:
+        manager.check_pending()
+        for implementation in manager.hook.metactl_register_algorithms.get_hookimpls():
+            if implementation.plugin is module:
+                implementation.function(registry=registry)
+    except BaseException:
+        manager.unregister(module)
+        raise
+
+
+def _describe(error: Exception) -> str:
+    text = getattr(error, "one_line", None)
+    return text() if callable(text) else f"{type(error).__name__}: {error}"
+
+
+def get_registry() -> AlgorithmRegistry:
+    return load_plugins().registry

@@ -1,0 +1,153 @@
+"""The example third-party plugin, pip-installed and driven through the real ``metactl`` command.
+
+The package is installed with ``pip install --target`` into a temporary folder that only the
+subprocesses of these tests see (through ``PYTHONPATH``), never into the shared environment: a
+test that installs into the running interpreter leaks the plugin into every other test of the
+session (and into concurrent sessions in the same virtual environment), and leaves it behind
+when the process is killed before its ``finally`` runs. The package is copied first so that
+pip's in-tree build leaves no ``build/`` folder in the checkout.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from testsupport import SHARED_DATASETS
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "metactl-example-plugin"
+ALGORITHM = "example-cosine-centroid"
+DISTRIBUTION = "metactl-example-plugin 0.1.0"
+
+
+pytestmark = pytest.mark.slow
+
+
+def metactl_command() -> str:
+    beside = Path(sys.executable).parent / ("metactl.exe" if os.name == "nt" else "metactl")
+    found = str(beside) if beside.is_file() else shutil.which("metactl")
+    if found is None:
+        pytest.skip("the metactl command is not installed (pip install -e .)")
+    return found
+
+
+@pytest.fixture(scope="module")
+def plugin_path(tmp_path_factory, offline_builds) -> Path:
+    """A folder holding the installed example package and its dist-info."""
+    work = tmp_path_factory.mktemp("example-plugin")
+    source = work / "source"
+    shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns(
+        "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache"))
+    target = work / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation",
+                    "--no-index", "--disable-pip-version-check", "--quiet", "--target",
+                    str(target), str(source)], check=True, capture_output=True, text=True)
+    return target
+
+
+def run(arguments: list[str], plugin_path: Path, **environment: str
+        ) -> subprocess.CompletedProcess:
+    env = {**os.environ, **environment}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(plugin_path), env.get("PYTHONPATH")]))
+    return subprocess.run(arguments, capture_output=True, text=True, env=env, timeout=600)
+
+
+def metactl(plugin_path: Path, *arguments: str, **environment: str) -> str:
+    result = run([metactl_command(), *arguments], plugin_path, **environment)
+    assert result.returncode == 0, f"metactl {' '.join(arguments)} failed:\n{result.stderr}"
+    return result.stdout
+
+
+def test_plugins_list_shows_the_installed_plugin_with_its_distribution(plugin_path):
+    listing = json.loads(metactl(plugin_path, "plugins", "list", "--json"))
+    entry, = (e for e in listing["algorithms"] if e["name"] == ALGORITHM)
+    assert entry == {"name": ALGORITHM, "family": "metric", "plugin": "metactl-example-plugin",
+                     "distribution": DISTRIBUTION,
+                     "summary": "example plugin: nearest class centroid by scaled cosine "
+                                "similarity"}
+    assert listing["failures"] == []
+    assert f"[{DISTRIBUTION}]" in metactl(plugin_path, "plugins", "list")
+
+
+def test_plugins_info_shows_its_hyperparameters(plugin_path):
+    details = json.loads(metactl(plugin_path, "plugins", "info", ALGORITHM, "--json"))
+    assert details["hyperparameters"]["scale"]["defaults"] == {"*": 10.0}
+    assert details["engine_settings"]["train_way"]["defaults"] == {"engine": None, "omniglot": 20}
+
+
+def test_the_example_passes_its_own_tests(plugin_path):
+    tests = EXAMPLE / "tests"
+    result = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                  "--rootdir", str(tests), str(tests)], plugin_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def data_environment(tmp_path_factory) -> dict[str, str]:
+    """Where training finds Omniglot: the session's $METACTL_HOME (CI shares one across the
+    tests) or a fresh folder, filled from the offline mirror."""
+    environment = {}
+    if not os.environ.get("METACTL_HOME"):
+        environment["METACTL_HOME"] = str(tmp_path_factory.mktemp("metactl-home"))
+    if not os.environ.get("METACTL_MIRROR"):
+        if not (SHARED_DATASETS / "omniglot").is_dir():
+            pytest.skip("no offline Omniglot mirror (set METACTL_MIRROR)")
+        environment["METACTL_MIRROR"] = str(SHARED_DATASETS)
+    return environment
+
+
+def _has_train_command(plugin_path: Path) -> bool:
+    return run([metactl_command(), "train", "--help"], plugin_path).returncode == 0
+
+
+def _support_and_queries(folder: Path) -> tuple[Path, Path]:
+    """Three real characters: one drawing each as support, two each as queries."""
+    archive_path = SHARED_DATASETS / "omniglot" / "images_background_small1.zip"
+    if not archive_path.is_file():
+        pytest.skip(f"{archive_path} is not here")
+    with zipfile.ZipFile(archive_path) as archive:
+        for index in (1, 2, 3):
+            prefix = f"images_background_small1/Balinese/character0{index}/"
+            members = sorted(n for n in archive.namelist() if n.startswith(prefix)
+                             and n.endswith(".png"))[:3]
+            for role, chosen in (("support", members[:1]), ("queries", members[1:])):
+                for member in chosen:
+                    target = folder / role / f"character{index}" / Path(member).name
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(archive.read(member))
+    return folder / "support", folder / "queries"
+
+
+def test_train_evaluate_and_predict_with_the_plugin(plugin_path, data_environment, tmp_path):
+    if not _has_train_command(plugin_path):
+        pytest.skip("`metactl train` is not available in this build")
+    run_folder = tmp_path / "run"
+    # Small tasks and few validation episodes keep this at seconds of training on a CPU.
+    printed = metactl(plugin_path, "train", ALGORITHM, "--dataset", "omniglot", "--episodes",
+                      "20", "--train-way", "5", "--set", "val_episodes=10", "--device", "cpu",
+                      "--out", str(run_folder), **data_environment)
+    assert printed.strip() == str(run_folder)
+    assert (run_folder / "checkpoints" / "last.pt").is_file()
+
+    evaluation = json.loads(metactl(plugin_path, "evaluate", str(run_folder), "--episodes", "20",
+                                    "--json", **data_environment))
+    assert evaluation["episodes"] == 20
+    assert 0.2 <= evaluation["mean"] <= 1, "5-way accuracy at or above chance"
+
+    support, queries = _support_and_queries(tmp_path / "images")
+    output = tmp_path / "predictions.csv"
+    metactl(plugin_path, "predict", str(run_folder), "--support", str(support), "--query",
+            str(queries), "-o", str(output), **data_environment)
+    with output.open(newline="", encoding="utf-8") as stream:
+        rows = list(csv.DictReader(stream))
+    assert len(rows) == 6
+    assert {row["predicted_class"] for row in rows} <= {"character1", "character2",
+                                                        "character3"}

@@ -1,0 +1,157 @@
+"""``metactl data``: fetch, preprocess, inspect datasets and draw fixed episode files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from metactl.cli.common import MirrorOption, RootOption, human_size, print_json, say
+
+app = typer.Typer(help="Download, verify and preprocess datasets; draw episode files.",
+                  no_args_is_help=True)
+
+DatasetArgument = Annotated[str, typer.Argument(help="Dataset name, e.g. omniglot.")]
+SchemeOption = Annotated[
+    str | None,
+    typer.Option("--split", help="Split scheme: vinyals (default) or background.",
+                 show_default=False),
+]
+SizeOption = Annotated[
+    int | None,
+    typer.Option("--size", help="Image side in pixels (default from the card: 28 for Omniglot).",
+                 show_default=False),
+]
+
+
+@app.command("list")
+def list_command(root: RootOption = None,
+                 as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False):
+    """Show the known datasets, where they live and their state."""
+    from metactl.data.manage import list_datasets
+
+    statuses = list_datasets(root)
+    if as_json:
+        print_json([{"name": s.name, "title": s.title, "folder": str(s.folder), "state": s.state,
+                     "download_bytes": s.download_bytes,
+                     "stores": [{"path": str(p), "bytes": n} for p, n in s.stores]}
+                    for s in statuses])
+        return
+    for status in statuses:
+        typer.echo(f"{status.name:<14} {status.state:<13} downloads "
+                   f"{human_size(status.download_bytes):>9}  {status.folder}")
+        for path, size in status.stores:
+            typer.echo(f"{'':<14} {'store':<13} {human_size(size):>19}  {path.name}")
+
+
+@app.command()
+def fetch(dataset: DatasetArgument, root: RootOption = None, mirror: MirrorOption = None,
+          force: Annotated[bool, typer.Option("--force", help="Download and rebuild "
+                                              "everything again.")] = False):
+    """Download, verify, extract and preprocess a dataset."""
+    from metactl.data.manage import fetch_dataset
+
+    fetch_dataset(dataset, root=root, mirror=mirror, force=force, report=say)
+
+
+@app.command()
+def preprocess(dataset: DatasetArgument, root: RootOption = None, scheme: SchemeOption = None,
+               size: SizeOption = None,
+               force: Annotated[bool, typer.Option("--force", help="Rebuild an existing "
+                                                   "store.")] = False):
+    """Build the HDF5 store of a fetched dataset for a split scheme and image size."""
+    from metactl.data.manage import preprocess_dataset
+
+    preprocess_dataset(dataset, root=root, scheme=scheme, size=size, force=force, report=say)
+
+
+@app.command()
+def split(
+    dataset: DatasetArgument,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Episode file to write (JSON).")],
+    way: Annotated[int, typer.Option(help="Classes per task.")] = 5,
+    shot: Annotated[int, typer.Option(help="Support images per class.")] = 1,
+    query: Annotated[int, typer.Option(help="Query images per class.")] = 15,
+    episodes: Annotated[int, typer.Option(help="Number of tasks.")] = 1000,
+    split_name: Annotated[str, typer.Option("--split", help="train, val or test.")] = "test",
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same file.")] = 0,
+    scheme: Annotated[str | None, typer.Option("--scheme", help="Split scheme (default "
+                                               "vinyals).", show_default=False)] = None,
+    size: SizeOption = None,
+    root: RootOption = None,
+):
+    """Write a fixed episode file so that every algorithm is evaluated on the same tasks."""
+    from metactl.data.manage import draw_episodes
+
+    episode_set = draw_episodes(dataset, split=split_name, way=way, shot=shot, query=query,
+                                episodes=episodes, seed=seed, root=root, scheme=scheme, size=size)
+    episode_set.save(output)
+    say(f"wrote {episode_set.episodes} {way}-way {shot}-shot episodes "
+        f"({query} queries per class, {split_name} split, seed {seed}) to {output}")
+
+
+@app.command()
+def info(dataset: DatasetArgument, root: RootOption = None, scheme: SchemeOption = None,
+         size: SizeOption = None,
+         as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False):
+    """Print a store's splits, classes, images, shapes and provenance."""
+    from metactl.data.hdf5 import open_store
+    from metactl.data.manage import layout_for
+
+    layout = layout_for(dataset, root)
+    scheme_name = layout.card.split_scheme(scheme).name
+    summary = open_store(layout.store_path(scheme_name, size)).summary()
+    if as_json:
+        print_json(summary)
+        return
+    _print_summary(summary)
+
+
+def _print_summary(summary: dict, indent: str = "") -> None:
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            typer.echo(f"{indent}{key}:")
+            _print_summary(value, indent + "  ")
+        else:
+            typer.echo(f"{indent}{key}: {value}")
+
+
+@app.command()
+def show(
+    dataset: DatasetArgument,
+    output: Annotated[Path, typer.Option("-o", "--output", help="PNG to write.")] = Path(
+        "episode.png"),
+    episode: Annotated[int, typer.Option("--episode", help="Which episode of the file "
+                                         "(or of the seeded draw) to render.")] = 0,
+    episode_file: Annotated[Path | None, typer.Option("--episode-file", help="Render from "
+                                                      "this episode file.")] = None,
+    way: Annotated[int, typer.Option(help="Classes per task (without --episode-file).")] = 5,
+    shot: Annotated[int, typer.Option(help="Support images per class.")] = 1,
+    query: Annotated[int, typer.Option(help="Query images per class.")] = 5,
+    split_name: Annotated[str, typer.Option("--split", help="train, val or test.")] = "test",
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    root: RootOption = None,
+):
+    """Render one episode (support and query grid) to a PNG."""
+    from metactl.data.episodes import EpisodeSet
+    from metactl.data.manage import draw_episodes, open_split
+    from metactl.data.render import save_episode_png
+    from metactl.errors import UsageError
+
+    if episode_file is not None:
+        episode_set = EpisodeSet.load(episode_file)
+    else:
+        episode_set = draw_episodes(dataset, split=split_name, way=way, shot=shot, query=query,
+                                    episodes=episode + 1, seed=seed, root=root)
+    if not 0 <= episode < episode_set.episodes:
+        raise UsageError(f"--episode {episode} is outside 0..{episode_set.episodes - 1}",
+                         "pick an episode the file has")
+    data = open_split(episode_set.dataset, episode_set.split, root=root,
+                      scheme=episode_set.scheme, size=episode_set.size)
+    batches = episode_set.batches(data)
+    for _ in range(episode):
+        next(batches)
+    save_episode_png(next(batches), output)
+    say(f"wrote episode {episode} ({episode_set.way}-way {episode_set.shot}-shot, "
+        f"{episode_set.query} queries per class) to {output}")

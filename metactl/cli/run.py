@@ -1,0 +1,106 @@
+"""``metactl train | evaluate | predict``: dispatch to the algorithm plugins."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from metactl.cli.common import MirrorOption, RootOption, print_json, say
+
+DeviceOption = Annotated[
+    str | None,
+    typer.Option("--device", help="auto (CUDA when present), cpu or cuda.", show_default=False),
+]
+
+
+def _option(help_text: str, *names: str):
+    return typer.Option(*names, help=help_text, show_default=False)
+
+
+def train(
+    algorithm: Annotated[str, typer.Argument(help="Algorithm name (see `metactl plugins "
+                                             "list`).")] = "",
+    dataset: Annotated[str | None, _option("Dataset (default omniglot).", "--dataset")] = None,
+    way: Annotated[int | None, _option("Classes per test/validation task.", "--way")] = None,
+    shot: Annotated[int | None, _option("Support images per class.", "--shot")] = None,
+    query: Annotated[int | None, _option("Query images per class.", "--query")] = None,
+    train_way: Annotated[int | None, _option("Classes per training task.", "--train-way")] = None,
+    episodes: Annotated[int | None, _option("Training tasks in all.", "--episodes")] = None,
+    meta_batch: Annotated[int | None, _option("Tasks per meta-step.", "--meta-batch")] = None,
+    lr: Annotated[float | None, _option("Outer learning rate.", "--lr")] = None,
+    seed: Annotated[int | None, _option("Random seed.", "--seed")] = None,
+    device: DeviceOption = None,
+    config: Annotated[Path | None, _option("YAML file of settings.", "--config")] = None,
+    assignments: Annotated[list[str] | None, _option("Any setting, as key=value "
+                                                     "(repeatable).", "--set")] = None,
+    out: Annotated[Path | None, _option("Run folder (default runs/<algorithm>-...).",
+                                        "--out")] = None,
+    resume: Annotated[Path | None, _option("Continue the run in this folder.", "--resume")] = None,
+    root: RootOption = None,
+    mirror: MirrorOption = None,
+):
+    """Meta-train an algorithm; writes a run folder with config, checkpoints and metrics."""
+    from metactl.engine.session import start_training
+
+    cli_values = {"dataset": dataset, "way": way, "shot": shot, "query": query,
+                  "train_way": train_way, "episodes": episodes, "meta_batch": meta_batch,
+                  "lr": lr, "seed": seed, "device": device}
+    run, state = start_training(algorithm or None, cli_values, config, assignments or [],
+                                out=out, resume=resume, root=root, mirror=mirror, report=say)
+    typer.echo(str(run.path))
+
+
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="Run folder written by `metactl train`.")],
+    episodes: Annotated[int | None, _option("Test episodes (default 1000).", "--episodes")] = None,
+    way: Annotated[int | None, _option("Classes per task (default: the run's).", "--way")] = None,
+    shot: Annotated[int | None, _option("Support images per class.", "--shot")] = None,
+    query: Annotated[int | None, _option("Query images per class.", "--query")] = None,
+    split: Annotated[str, typer.Option("--split", help="Split to evaluate on.")] = "test",
+    episode_file: Annotated[Path | None, _option("Fixed episodes from `metactl data split`.",
+                                                 "--episode-file")] = None,
+    seed: Annotated[int | None, _option("Seed of the drawn episodes (default: the run's "
+                                        "eval_seed, 0).", "--seed")] = None,
+    device: DeviceOption = None,
+    root: RootOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+):
+    """Mean test accuracy with its 95% confidence interval over fixed episodes."""
+    from metactl.engine.session import evaluate_and_record
+
+    result = evaluate_and_record(run, episodes=episodes, way=way, shot=shot, query=query,
+                                 split=split, episode_file=episode_file, seed=seed, device=device,
+                                 root=root)
+    if as_json:
+        print_json(result.to_json())
+        return
+    typer.echo(f"{result.way}-way {result.shot}-shot {result.split} accuracy: "
+               f"{100 * result.mean:.2f}% ± {100 * result.ci95:.2f} "
+               f"(95% CI, {result.episodes} episodes, {result.query} queries per class)")
+
+
+def predict(
+    run: Annotated[Path, typer.Argument(help="Run folder written by `metactl train`.")],
+    support: Annotated[Path, typer.Option("--support", help="Folder with one subfolder of "
+                                          "images per class.")],
+    queries: Annotated[list[Path], typer.Option("--query", help="Query image or folder "
+                                                "(repeatable).")],
+    output: Annotated[Path | None, _option("Write predictions to a .csv or .json file.",
+                                           "--output", "-o")] = None,
+    device: DeviceOption = None,
+):
+    """Adapt to a support set and classify query images."""
+    from metactl.engine.predictor import check_output_path, write_predictions
+    from metactl.engine.predictor import predict as run_prediction
+
+    if output is not None:
+        check_output_path(output)
+    predictions = run_prediction(run, support, queries, device=device)
+    for prediction in predictions:
+        typer.echo(f"{prediction.path}\t{prediction.predicted_class}\t"
+                   f"{prediction.probability:.3f}")
+    if output is not None:
+        write_predictions(predictions, output)
+        say(f"wrote {len(predictions)} predictions to {output}")

@@ -1,0 +1,1 @@
+"""The engine: what every algorithm shares (training loop, evaluation, prediction, runs)."""

@@ -1,0 +1,102 @@
+"""Evaluation on fixed episodes: mean accuracy with its 95% confidence interval."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from metactl.algorithm import support_of
+
+if TYPE_CHECKING:
+    from metactl.algorithm import Algorithm
+    from metactl.data.episodes import EpisodeSet, SplitData
+    from metactl.engine.device import Placement
+
+# Student's t is within 0.1% of the normal quantile beyond a few hundred episodes; papers use 1.96.
+Z_95 = 1.96
+TASKS_PER_BATCH = 16
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    mean: float
+    ci95: float
+    episodes: int
+    way: int
+    shot: int
+    query: int
+    split: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def confidence_interval(accuracies: torch.Tensor) -> tuple[float, float]:
+    """Mean and half-width of the 95% interval of per-episode accuracies, (episodes,)."""
+    mean = float(accuracies.mean())
+    if accuracies.numel() < 2:
+        return mean, float("nan")
+    return mean, Z_95 * float(accuracies.std(unbiased=True)) / math.sqrt(accuracies.numel())
+
+
+def episode_accuracies(algorithm: Algorithm, model: torch.nn.Module, split: SplitData,
+                       episodes: EpisodeSet, placement: Placement | None = None) -> torch.Tensor:
+    """Query accuracy of every episode, (episodes,), in file order."""
+    autocast = placement.autocast() if placement is not None else contextlib.nullcontext()
+    gradients = torch.enable_grad() if algorithm.adapts_with_gradients else torch.no_grad()
+    accuracies = []
+    with gradients, autocast:
+        for batch in episodes.batches(split, TASKS_PER_BATCH):
+            probabilities = algorithm.predict(model, support_of(batch), batch.query_images)
+            correct = probabilities.argmax(-1) == batch.query_labels
+            accuracies.append(correct.float().mean(dim=1).cpu())
+    return torch.cat(accuracies)
+
+
+def evaluate_episodes(algorithm: Algorithm, model: torch.nn.Module, split: SplitData,
+                      episodes: EpisodeSet, placement: Placement | None = None
+                      ) -> EvaluationResult:
+    mean, ci95 = confidence_interval(episode_accuracies(algorithm, model, split, episodes,
+                                                        placement))
+    return EvaluationResult(mean, ci95, episodes.episodes, episodes.way, episodes.shot,
+                            episodes.query, episodes.split)
+
+
+def evaluate_run(run_path: Path, *, episodes: int | None = None, way: int | None = None,
+                 shot: int | None = None, query: int | None = None, split: str = "test",
+                 episode_file: Path | None = None, seed: int | None = None,
+                 device: str | None = None, root: str | None = None) -> EvaluationResult:
+    """Evaluate a trained run on fixed episodes (the same for every algorithm by default)."""
+    from metactl.data.episodes import EpisodeSet
+    from metactl.data.manage import draw_episodes, open_split
+    from metactl.engine.device import placement_for
+    from metactl.engine.run import load_trained
+    from metactl.errors import UsageError
+
+    trained = load_trained(run_path, device)
+    config = trained.config
+    if episode_file is not None:
+        episode_set = EpisodeSet.load(episode_file)
+        if episode_set.dataset != config["dataset"]:
+            raise UsageError(f"the episode file is for {episode_set.dataset}, the run for "
+                             f"{config['dataset']}", "use an episode file of the run's dataset")
+    else:
+        episode_set = draw_episodes(
+            config["dataset"], split=split, way=way or int(config["way"]),
+            shot=shot or int(config["shot"]), query=query or int(config["query"]),
+            episodes=episodes or int(config["eval_episodes"]),
+            seed=int(config["eval_seed"]) if seed is None else seed, root=root,
+            scheme=config["scheme"], size=trained.image_shape[1])
+    if episode_set.size != trained.image_shape[1]:
+        raise UsageError(f"the episodes are {episode_set.size}px images, the run was trained on "
+                         f"{trained.image_shape[1]}px", "use episodes of the run's image size")
+    placement = placement_for({**config, "device": device or config["device"]},
+                              trained.algorithm.device)
+    data = open_split(episode_set.dataset, episode_set.split, root=root,
+                      scheme=episode_set.scheme, size=episode_set.size).to(placement.device)
+    return evaluate_episodes(trained.algorithm, trained.model, data, episode_set, placement)

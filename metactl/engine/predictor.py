@@ -1,0 +1,306 @@
+"""Prediction: adapt a trained run to a folder of labelled support images, classify queries.
+
+The support folder holds one subfolder per class; the subfolder names (sorted) are the class
+names. Images of any format and size Pillow reads are converted the way the training data was
+packed: 8-bit grayscale for one channel or RGB for three, resized to the run's height and width
+with Lanczos, inverted when the dataset was (Omniglot is stored as white ink on black, so a
+black-on-white drawing must be inverted) and scaled to [0, 1].
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from metactl.engine.run import write_text_atomic
+from metactl.errors import DataError, PluginError, UsageError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor, nn
+
+QUERY_CHUNK = 256
+"""Queries classified per forward pass; bounds memory for folders of thousands of images."""
+
+SUPPORT_HINT = "give --support a folder with one subfolder of images per class"
+QUERY_HINT = "pass --query with an image or a folder of images (PNG, JPEG, any format Pillow reads)"
+IMAGE_HINT = "replace or remove the file; PNG, JPEG or any format Pillow reads will do"
+OUTPUT_FORMATS = (".csv", ".json")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The class of one query image.
+
+    Attributes:
+        path: the query image.
+        predicted_class: the most probable class (a support subfolder name).
+        probability: its probability.
+        probabilities: every class's probability, in class order; they sum to 1.
+    """
+
+    path: Path
+    predicted_class: str
+    probability: float
+    probabilities: dict[str, float]
+
+
+def image_suffixes() -> frozenset[str]:
+    """File extensions Pillow can open (``.png``, ``.jpg``, ...), lower case."""
+    Image.init()
+    return frozenset(Image.registered_extensions())
+
+
+def _is_image_file(path: Path, suffixes: frozenset[str]) -> bool:
+    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in suffixes
+
+
+def _images_under(folder: Path, suffixes: frozenset[str]) -> list[Path]:
+    """Image files under ``folder`` at any depth, sorted, hidden files and folders skipped."""
+    return sorted(path for path in folder.rglob("*")
+                  if _is_image_file(path, suffixes)
+                  and not any(part.startswith(".") for part in path.relative_to(folder).parts))
+
+
+def load_image(path: Path, image_shape: Sequence[int], invert: bool) -> np.ndarray:
+    """Read one image as the training data was packed.
+
+    Args:
+        path: any image file Pillow reads.
+        image_shape: (channels, height, width) of the run; channels is 1 or 3.
+        invert: whether the dataset's images were inverted when packed.
+
+    Returns:
+        float32 in [0, 1], (channels, height, width).
+    """
+    channels, height, width = (int(value) for value in image_shape)
+    if channels not in (1, 3):
+        raise DataError(f"the run's images have {channels} channels",
+                        "prediction reads grayscale (1) or RGB (3) images only")
+    mode = "L" if channels == 1 else "RGB"
+    try:
+        with Image.open(path) as opened:
+            image = _flatten_transparency(ImageOps.exif_transpose(opened)).convert(mode)
+    except UnidentifiedImageError:
+        raise DataError(f"{path} is not an image Pillow can read", IMAGE_HINT) from None
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise DataError(f"cannot read image {path} ({error})", IMAGE_HINT) from None
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.Resampling.LANCZOS)
+    pixels = np.asarray(image, dtype=np.uint8)
+    if invert:
+        pixels = 255 - pixels
+    pixels = pixels[:, :, None] if pixels.ndim == 2 else pixels
+    return pixels.transpose(2, 0, 1).astype(np.float32) / 255.0
+
+
+def _flatten_transparency(image: Image.Image) -> Image.Image:
+    """Paint transparent pixels white: a drawing saved with a transparent background would
+    otherwise turn black, the colour of ink."""
+    if "A" not in image.getbands() and "transparency" not in image.info:
+        return image
+    rgba = image.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, rgba)
+
+
+def _stack(paths: Sequence[Path], image_shape: Sequence[int], invert: bool) -> Tensor:
+    """(1, len(paths), channels, height, width) float32."""
+    import torch
+
+    return torch.from_numpy(np.stack([load_image(p, image_shape, invert) for p in paths]))[None]
+
+
+def _class_folders(folder: Path) -> list[Path]:
+    if not folder.exists():
+        raise UsageError(f"support folder {folder} does not exist", SUPPORT_HINT)
+    if not folder.is_dir():
+        raise UsageError(f"support path {folder} is not a folder", SUPPORT_HINT)
+    classes = sorted(path for path in folder.iterdir()
+                     if path.is_dir() and not path.name.startswith("."))
+    if len(classes) < 2:
+        found = f"only {classes[0].name!r}" if classes else "none"
+        raise UsageError(f"support folder {folder} needs at least 2 class subfolders, "
+                         f"found {found}", SUPPORT_HINT)
+    return classes
+
+
+def load_support_folder(folder: Path, image_shape: Sequence[int],
+                        invert: bool) -> tuple[Tensor, Tensor, list[str]]:
+    """Read a support set of one subfolder per class.
+
+    Args:
+        folder: holds one subfolder per class, each with at least one image (at any depth).
+        image_shape: (channels, height, width) of the run.
+        invert: whether the run's dataset was inverted when packed.
+
+    Returns:
+        images: float32 in [0, 1], (1, support, channels, height, width).
+        labels: int64, (1, support), the index of each image's class in ``class_names``.
+        class_names: the subfolder names, sorted.
+    """
+    import torch
+
+    folder = Path(folder)
+    suffixes = image_suffixes()
+    paths: list[Path] = []
+    labels: list[int] = []
+    classes = _class_folders(folder)
+    for label, class_folder in enumerate(classes):
+        images = _images_under(class_folder, suffixes)
+        if not images:
+            raise DataError(f"class folder {class_folder} holds no images",
+                            "put at least one image in every class folder, or remove it")
+        paths.extend(images)
+        labels.extend([label] * len(images))
+    images = _stack(paths, image_shape, invert)
+    return images, torch.tensor([labels], dtype=torch.int64), [c.name for c in classes]
+
+
+def load_query_paths(paths: Sequence[Path]) -> list[Path]:
+    """The query images: each path is an image, or a folder searched recursively (sorted).
+
+    Duplicates are dropped, the first occurrence keeps its place.
+    """
+    suffixes = image_suffixes()
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if not path.exists():
+            raise UsageError(f"query path {path} does not exist", QUERY_HINT)
+        if path.is_dir():
+            found.extend(_images_under(path, suffixes))
+        else:
+            found.append(path)
+    if not found:
+        named = ", ".join(str(p) for p in paths) or "none given"
+        raise UsageError(f"no query images found ({named})", QUERY_HINT)
+    return list(dict.fromkeys(found))
+
+
+def _chunks(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    import torch
+
+    return torch.device("cpu")
+
+
+def predict(run_path: Path, support: Path, queries: Sequence[Path], device: str | None = None,
+            chunk_size: int = QUERY_CHUNK) -> list[Prediction]:
+    """Adapt the run's model to ``support`` and classify every query image.
+
+    Args:
+        run_path: a run folder written by ``metactl train``.
+        support: one subfolder of images per class; the way is the number of subfolders.
+        queries: images or folders of images.
+        device: ``auto``, ``cpu`` or ``cuda``; default: the run's.
+        chunk_size: queries per forward pass.
+
+    Returns:
+        One :class:`Prediction` per query image, in the order of ``load_query_paths``.
+    """
+    import torch
+
+    from metactl.algorithm import LabelledImages
+    from metactl.engine.run import load_trained
+
+    trained = load_trained(run_path, device)
+    invert = bool(trained.checkpoint.get("invert", False))
+    query_paths = load_query_paths(queries)
+    images, labels, class_names = load_support_folder(support, trained.image_shape, invert)
+    target = _model_device(trained.model)
+    support_set = LabelledImages(images.to(target), labels.to(target), len(class_names))
+    algorithm = trained.algorithm
+    # A gradient-based inner loop must differentiate even though nothing is trained here.
+    gradients = torch.enable_grad() if algorithm.adapts_with_gradients else torch.no_grad()
+    predictions: list[Prediction] = []
+    with gradients:
+        for chunk in _chunks(query_paths, chunk_size):
+            query_images = _stack(chunk, trained.image_shape, invert).to(target)
+            probabilities = algorithm.predict(trained.model, support_set, query_images)
+            _check_probabilities(algorithm.name, probabilities, len(chunk), len(class_names))
+            predictions.extend(_predictions(chunk, probabilities[0].detach().float().cpu(),
+                                            class_names))
+    return predictions
+
+
+def _check_probabilities(algorithm: str, probabilities: Tensor, queries: int, way: int) -> None:
+    if tuple(probabilities.shape) != (1, queries, way):
+        raise PluginError(f"algorithm {algorithm!r} predicted a tensor of shape "
+                          f"{tuple(probabilities.shape)}, expected (1, {queries}, {way})",
+                          "report this to the plugin's authors")
+
+
+def _predictions(paths: Sequence[Path], probabilities: Tensor,
+                 class_names: list[str]) -> list[Prediction]:
+    """``probabilities``: (queries, way)."""
+    results = []
+    for path, row in zip(paths, probabilities.tolist(), strict=True):
+        best = max(range(len(row)), key=row.__getitem__)
+        results.append(Prediction(path, class_names[best], row[best],
+                                  dict(zip(class_names, row, strict=True))))
+    return results
+
+
+def check_output_path(path: Path) -> str:
+    """The format, ``.csv`` or ``.json``, of an output file; call it before predicting so a
+    wrong name fails before the work is done."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in OUTPUT_FORMATS:
+        raise UsageError(f"cannot write predictions to {Path(path).name}: unknown format "
+                         f"{suffix or '(no extension)'!r}", "name the file .csv or .json")
+    return suffix
+
+
+def write_predictions(predictions: Sequence[Prediction], path: Path) -> Path:
+    """Write ``predictions`` as CSV or JSON, chosen by the file's extension, atomically.
+
+    CSV columns: ``query, predicted_class, probability`` and one column per class. JSON: a list
+    of objects with the same fields and ``probabilities`` as a mapping of class to probability.
+    """
+    path = Path(path)
+    text = _as_csv(predictions) if check_output_path(path) == ".csv" else _as_json(predictions)
+    try:
+        write_text_atomic(path, text)
+    except OSError as error:
+        raise UsageError(f"cannot write {path}: {error.strerror or error}",
+                         "choose a writable output path") from None
+    return path
+
+
+def _as_csv(predictions: Sequence[Prediction]) -> str:
+    class_names = list(predictions[0].probabilities) if predictions else []
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["query", "predicted_class", "probability", *class_names])
+    for prediction in predictions:
+        writer.writerow([str(prediction.path), prediction.predicted_class,
+                         _rounded(prediction.probability),
+                         *(_rounded(prediction.probabilities[name]) for name in class_names)])
+    return buffer.getvalue()
+
+
+def _as_json(predictions: Sequence[Prediction]) -> str:
+    records = [{"query": str(p.path), "predicted_class": p.predicted_class,
+                "probability": _rounded(p.probability),
+                "probabilities": {name: _rounded(value)
+                                  for name, value in p.probabilities.items()}}
+               for p in predictions]
+    return json.dumps(records, indent=2, ensure_ascii=False) + "\n"
+
+
+def _rounded(probability: float) -> float:
+    return round(float(probability), 6)

@@ -1,0 +1,149 @@
+"""A run is a folder: the resolved config, checkpoints, metrics and evaluation results.
+
+```
+<run>/config.yaml          the resolved configuration (every setting, after all merging)
+<run>/checkpoints/last.pt  model, optimizer and sampler state after the last completed step
+<run>/checkpoints/best.pt  the model with the best validation accuracy
+<run>/metrics.jsonl        one JSON object per logged step or validation
+<run>/evaluation-*.json    results of `metactl evaluate`
+```
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from metactl.errors import DataError, UsageError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from metactl.algorithm import Algorithm
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    path: Path
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def last(self) -> Path:
+        return self.path / "checkpoints" / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.path / "checkpoints" / "best.pt"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    def read_config(self) -> dict[str, Any]:
+        try:
+            config = yaml.safe_load(self.config_path.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as error:
+            raise DataError(f"cannot read {self.config_path}: {error}",
+                            "the run folder is damaged; train again") from None
+        if not isinstance(config, dict) or "algorithm" not in config:
+            raise DataError(f"{self.config_path} is not a metactl run config",
+                            "the run folder is damaged; train again")
+        return config
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        write_text_atomic(self.config_path, yaml.safe_dump(config, sort_keys=True))
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        with self.metrics.open("a", encoding="utf-8") as stream:
+            stream.write(json.dumps(record) + "\n")
+
+    def truncate_metrics(self, after_step: int) -> None:
+        """Drop records logged after ``after_step`` (work lost since the last checkpoint)."""
+        if not self.metrics.is_file():
+            return
+        lines = self.metrics.read_text(encoding="utf-8").splitlines()
+        kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= after_step]
+        write_text_atomic(self.metrics, "".join(line + "\n" for line in kept))
+
+    def model_checkpoint(self) -> Path:
+        """The checkpoint to evaluate and predict with: the best one, else the last."""
+        for path in (self.best, self.last):
+            if path.is_file():
+                return path
+        raise DataError(f"run {self.path} has no checkpoint yet",
+                        f"train it first, or resume it with `metactl train --resume {self.path}`")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def open_run(path: str | Path) -> RunFolder:
+    """Check that ``path`` is a run folder."""
+    run = RunFolder(Path(path))
+    if not run.path.is_dir():
+        raise UsageError(f"run folder {run.path} does not exist",
+                         "pass the folder that `metactl train` printed")
+    if not run.config_path.is_file():
+        raise UsageError(f"{run.path} is not a metactl run (no config.yaml)",
+                         "pass the folder that `metactl train` printed")
+    return run
+
+
+@dataclass
+class TrainedModel:
+    """A run's algorithm and model, ready to evaluate or predict."""
+
+    run: RunFolder
+    config: dict[str, Any]
+    algorithm: Algorithm
+    model: nn.Module
+    image_shape: tuple[int, int, int]
+    checkpoint: dict[str, Any]
+
+
+def load_trained(path: str | Path, device: str | None = None) -> TrainedModel:
+    """Rebuild a run's model from its config and best (else last) checkpoint."""
+    from metactl.algorithm import ModelSpec
+    from metactl.engine.checkpoint import load_checkpoint
+    from metactl.engine.device import placement_for
+    from metactl.plugins import get_registry
+
+    run = open_run(path)
+    config = run.read_config()
+    algorithm_class = get_registry().get(config["algorithm"])
+    checkpoint = load_checkpoint(run.model_checkpoint())
+    if checkpoint.get("algorithm") != config["algorithm"]:
+        raise DataError(f"checkpoint of {run.path} is for algorithm "
+                        f"{checkpoint.get('algorithm')!r}, not {config['algorithm']!r}",
+                        "the run folder is damaged; train again")
+    algorithm = algorithm_class(config)
+    channels, height, width = (int(v) for v in checkpoint["image_shape"])
+    spec = ModelSpec(channels, height, width, int(config["train_way"]),
+                     int(checkpoint.get("num_train_classes", 0)))
+    model = algorithm.build_model(spec)
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except (RuntimeError, KeyError) as error:
+        raise DataError(f"checkpoint of {run.path} does not fit the {config['algorithm']} model "
+                        f"({str(error).splitlines()[0][:120]})",
+                        "the run folder is damaged; train again") from None
+    placement = placement_for({**config, "device": device or config.get("device", "auto")},
+                              algorithm.device)
+    model.to(placement.device).eval()
+    return TrainedModel(run, config, algorithm, model, (channels, height, width), checkpoint)

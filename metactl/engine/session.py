@@ -1,0 +1,53 @@
+"""The library calls behind ``metactl train`` and ``metactl evaluate``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from metactl.engine.config import load_config_file, parse_assignments, resolve_config
+from metactl.engine.run import RunFolder, open_run, write_text_atomic
+from metactl.errors import UsageError
+
+
+def start_training(algorithm_name: str | None, cli_values: dict[str, Any],
+                   config_file: Path | None, assignments: list[str], *, out: Path | None,
+                   resume: Path | None, root: str | None, mirror: str | None, report):
+    """Resolve the config of a new or resumed run and train it."""
+    from metactl.engine.trainer import train
+    from metactl.plugins import get_registry
+
+    overrides = {**(load_config_file(config_file) if config_file else {}),
+                 **{k: v for k, v in cli_values.items() if v is not None},
+                 **parse_assignments(assignments)}
+    if resume is not None:
+        run = open_run(resume)
+        saved = run.read_config()
+        if algorithm_name and algorithm_name != saved["algorithm"]:
+            raise UsageError(f"{run.path} is a {saved['algorithm']} run, not {algorithm_name}",
+                             f"resume it with `metactl train --resume {run.path}`")
+        changed = sorted(k for k in overrides if k != "episodes" and overrides[k] != saved.get(k))
+        if changed:
+            raise UsageError(f"a resumed run keeps its settings; {', '.join(changed)} differ",
+                             "only --episodes may change (to train longer)")
+        config = {**saved, **overrides}
+        return train(saved["algorithm"], config, resume=run.path, root=root, mirror=mirror,
+                     report=report)
+    if not algorithm_name:
+        raise UsageError("no algorithm given", "run `metactl train ALGORITHM` "
+                         "(see `metactl plugins list`) or `metactl train --resume RUN`")
+    algorithm = get_registry().get(algorithm_name)
+    config = resolve_config(algorithm_name, algorithm.defaults, {}, overrides, {})
+    return train(algorithm_name, config, out=out, root=root, mirror=mirror, report=report)
+
+
+def evaluate_and_record(run_path: Path, **options: Any):
+    """Evaluate a run and save the result as ``evaluation-<split>-<way>way-<shot>shot.json``."""
+    from metactl.engine.evaluator import evaluate_run
+
+    result = evaluate_run(run_path, **options)
+    run = RunFolder(Path(run_path))
+    name = f"evaluation-{result.split}-{result.way}way-{result.shot}shot.json"
+    write_text_atomic(run.path / name, json.dumps(result.to_json(), indent=2) + "\n")
+    return result

@@ -1,0 +1,317 @@
+"""Meta-training: the loop every algorithm shares."""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from metactl.algorithm import Algorithm, ModelSpec
+from metactl.data.episodes import EpisodeSampler, EpisodeSet, SplitData, check_task_shape
+from metactl.engine.checkpoint import load_checkpoint, save_checkpoint
+from metactl.engine.device import Placement, placement_for
+from metactl.engine.evaluator import evaluate_episodes
+from metactl.engine.run import RunFolder
+from metactl.errors import UsageError
+
+Report = Callable[[str], None]
+
+
+@dataclass
+class TrainingData:
+    train: SplitData
+    val: SplitData | None
+    invert: bool
+    scheme: str
+    size: int
+
+
+@dataclass
+class TrainingState:
+    step: int
+    best_accuracy: float
+    best_step: int
+
+
+def default_run_folder(config: dict[str, Any]) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / (f"{config['algorithm']}-{config['dataset']}-{config['way']}way-"
+                           f"{config['shot']}shot-{stamp}")
+
+
+def load_training_data(config: dict[str, Any], mirror: str | None, root: str | None,
+                       report: Report) -> TrainingData:
+    from metactl.data.cards import get_card
+    from metactl.data.manage import open_split
+
+    card = get_card(config["dataset"])
+    scheme = card.split_scheme(config["scheme"])
+    size = int(config["size"] or card.geometry.default_size)
+    train = open_split(card.name, "train", root=root, scheme=scheme.name, size=size, fetch=True,
+                       mirror=mirror, report=report)
+    val = None
+    if "val" in scheme.split_names:
+        val = open_split(card.name, "val", root=root, scheme=scheme.name, size=size)
+    return TrainingData(train, val, card.geometry.invert, scheme.name, size)
+
+
+def image_shape(split: SplitData) -> tuple[int, int, int]:
+    shape = tuple(split.images.shape[1:])
+    return (shape[2], shape[0], shape[1]) if len(shape) == 3 else (1, shape[0], shape[1])
+
+
+def build_optimizer(model: torch.nn.Module, config: dict[str, Any]):
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    lr, decay = float(config["lr"]), float(config["weight_decay"])
+    if config["optimizer"] == "sgd":
+        optimizer = torch.optim.SGD(parameters, lr=lr, momentum=float(config["momentum"]),
+                                    weight_decay=decay)
+    elif config["optimizer"] == "rmsprop":
+        optimizer = torch.optim.RMSprop(parameters, lr=lr, weight_decay=decay)
+    else:
+        optimizer = torch.optim.Adam(parameters, lr=lr, weight_decay=decay)
+    every = int(config["lr_decay_every"])
+    gamma = float(config["lr_decay"]) if every > 0 else 1.0
+    schedule = torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(every, 1), gamma=gamma)
+    return optimizer, schedule
+
+
+class Trainer:
+    """Runs meta-training for one run folder; resumable step by step."""
+
+    def __init__(self, algorithm: Algorithm, config: dict[str, Any], data: TrainingData,
+                 run: RunFolder, report: Report, show_progress: bool = True) -> None:
+        self.algorithm, self.config, self.data, self.run = algorithm, config, data, run
+        self.report, self.show_progress = report, show_progress
+        self.placement: Placement = placement_for(config, algorithm.device)
+        device = self.placement.device
+        self.train_split = data.train.to(device)
+        self.val_split = data.val.to(device) if data.val is not None else None
+        self._check_shapes()
+        self.spec = ModelSpec(*image_shape(data.train), way=int(config["train_way"]),
+                              num_train_classes=data.train.num_classes)
+        torch.manual_seed(int(config["seed"]))
+        self.model = algorithm.build_model(self.spec).to(device)
+        if self.placement.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.step_model = torch.compile(self.model) if self.placement.compile else self.model
+        self.optimizer, self.schedule = build_optimizer(self.model, config)
+        self.sampler = EpisodeSampler(self.train_split, int(config["train_way"]),
+                                      int(config["train_shot"]), int(config["train_query"]),
+                                      seed=int(config["seed"]))
+        self.validation = self._validation_episodes()
+        self.state = TrainingState(step=0, best_accuracy=-1.0, best_step=0)
+        self._stop_requested = False
+
+    @property
+    def total_steps(self) -> int:
+        return math.ceil(int(self.config["episodes"]) / int(self.config["meta_batch"]))
+
+    def _check_shapes(self) -> None:
+        config = self.config
+        check_task_shape(self.train_split, int(config["train_way"]), int(config["train_shot"]),
+                         int(config["train_query"]))
+        if self.val_split is not None:
+            check_task_shape(self.val_split, int(config["way"]), int(config["shot"]),
+                             int(config["query"]))
+
+    def _validation_episodes(self) -> EpisodeSet | None:
+        if self.val_split is None or int(self.config["val_episodes"]) == 0:
+            return None
+        config = self.config
+        return EpisodeSet.draw(self.val_split, dataset=config["dataset"], scheme=self.data.scheme,
+                               size=self.data.size, way=int(config["way"]),
+                               shot=int(config["shot"]), query=int(config["query"]),
+                               episodes=int(config["val_episodes"]),
+                               seed=int(config["eval_seed"]))
+
+    # --- checkpoints -------------------------------------------------------------------------
+
+    def _payload(self, model_only: bool = False) -> dict[str, Any]:
+        payload = {
+            "algorithm": self.algorithm.name,
+            "dataset": self.config["dataset"],
+            "model": self.model.state_dict(),
+            "image_shape": list(self.spec_shape()),
+            "num_train_classes": self.spec.num_train_classes,
+            "invert": self.data.invert,
+            "step": self.state.step,
+        }
+        if model_only:
+            return payload
+        return {**payload,
+                "optimizer": self.optimizer.state_dict(),
+                "schedule": self.schedule.state_dict(),
+                "sampler_rng": self.sampler.generator.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "best_accuracy": self.state.best_accuracy,
+                "best_step": self.state.best_step}
+
+    def spec_shape(self) -> tuple[int, int, int]:
+        return (self.spec.channels, self.spec.height, self.spec.width)
+
+    def save_last(self) -> None:
+        save_checkpoint(self.run.last, self._payload())
+
+    def resume(self) -> None:
+        """Restore everything from ``last.pt`` so the run continues as if never stopped."""
+        checkpoint = load_checkpoint(self.run.last)
+        if checkpoint.get("algorithm") != self.algorithm.name:
+            raise UsageError(f"{self.run.path} was trained with {checkpoint.get('algorithm')!r}",
+                             "resume it with the same algorithm")
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.schedule.load_state_dict(checkpoint["schedule"])
+        self.sampler.generator.set_state(checkpoint["sampler_rng"])
+        torch.set_rng_state(checkpoint["torch_rng"])
+        self.state = TrainingState(int(checkpoint["step"]), float(checkpoint["best_accuracy"]),
+                                   int(checkpoint["best_step"]))
+        self.run.truncate_metrics(self.state.step)
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    def train(self) -> TrainingState:
+        self.report(f"training {self.algorithm.name} on {self.config['dataset']} "
+                    f"({self.config['train_way']}-way {self.config['train_shot']}-shot, "
+                    f"{self.total_steps} steps of {self.config['meta_batch']} tasks) on "
+                    f"{self.placement.describe()}; run folder {self.run.path}")
+        with self._graceful_interrupt(), self._progress() as advance:
+            while self.state.step < self.total_steps and not self._stop_requested:
+                record = self._one_step()
+                advance(record)
+                if self._due(int(self.config["val_every"])):
+                    self._validate_and_save()
+        if self._stop_requested:
+            self.save_last()
+            self.report(f"stopped at step {self.state.step}; continue with "
+                        f"`metactl train --resume {self.run.path}`")
+        elif not self.run.last.is_file() or self._last_saved_step() != self.state.step:
+            self._validate_and_save()
+        return self.state
+
+    def _last_saved_step(self) -> int:
+        return int(load_checkpoint(self.run.last)["step"])
+
+    def _due(self, every: int) -> bool:
+        return self.state.step % every == 0 or self.state.step == self.total_steps
+
+    def _one_step(self) -> dict[str, Any]:
+        started = time.perf_counter()
+        batch = self.sampler.sample(int(self.config["meta_batch"]))
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.placement.autocast():
+            result = self.algorithm.meta_gradient(self.step_model, batch)
+        if float(self.config["grad_clip"]) > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(self.config["grad_clip"]))
+        self.optimizer.step()
+        self.schedule.step()
+        self.state.step += 1
+        loss = float(result.loss.detach())
+        if not math.isfinite(loss):
+            raise UsageError(f"the training loss became {loss} at step {self.state.step}",
+                             "lower the learning rate (--lr) or try --set amp=none")
+        record = {"step": self.state.step, "loss": loss, "accuracy": result.accuracy,
+                  "lr": self.schedule.get_last_lr()[0],
+                  "seconds": time.perf_counter() - started, **result.extra}
+        if self._due(max(1, int(self.config["val_every"]) // 10)):
+            self.run.append_metrics({"kind": "train", **record})
+        return record
+
+    def _validate_and_save(self) -> None:
+        if self.validation is not None:
+            self.model.eval()
+            result = evaluate_episodes(self.algorithm, self.model, self.val_split,
+                                       self.validation, self.placement)
+            record = {"kind": "val", "step": self.state.step, "accuracy": result.mean,
+                      "ci95": result.ci95, "episodes": result.episodes}
+            self.run.append_metrics(record)
+            if result.mean > self.state.best_accuracy:
+                self.state.best_accuracy, self.state.best_step = result.mean, self.state.step
+                save_checkpoint(self.run.best, self._payload(model_only=True))
+            self.report(f"step {self.state.step}/{self.total_steps}: validation accuracy "
+                        f"{100 * result.mean:.2f}% ± {100 * result.ci95:.2f} "
+                        f"(best {100 * self.state.best_accuracy:.2f}% at step "
+                        f"{self.state.best_step})")
+        self.save_last()
+
+    @contextmanager
+    def _graceful_interrupt(self):
+        """The first Ctrl-C finishes the current step, saves and stops; a second one aborts."""
+
+        def request_stop(signum, frame):
+            if self._stop_requested:
+                raise KeyboardInterrupt
+            self._stop_requested = True
+            self.report("stopping after this step (Ctrl-C again to abort without saving)")
+
+        try:
+            previous = signal.signal(signal.SIGINT, request_stop)
+        except ValueError:  # not the main thread: no signal handling
+            yield
+            return
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    @contextmanager
+    def _progress(self):
+        if not self.show_progress:
+            yield lambda record: None
+            return
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        console = Console(stderr=True)
+        if not console.is_terminal:
+            yield lambda record: None
+            return
+        columns = (TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("loss {task.fields[loss]:.3f} acc {task.fields[accuracy]:.1%} "
+                              "{task.fields[speed]:.0f} tasks/s"), TimeRemainingColumn())
+        with Progress(*columns, console=console, transient=False) as progress:
+            task = progress.add_task("train", total=self.total_steps,
+                                     completed=self.state.step, loss=0.0, accuracy=0.0, speed=0.0)
+            tasks_per_step = int(self.config["meta_batch"])
+
+            def advance(record: dict[str, Any]) -> None:
+                progress.update(task, completed=record["step"], loss=record["loss"],
+                                accuracy=record["accuracy"] or 0.0,
+                                speed=tasks_per_step / max(record["seconds"], 1e-9))
+
+            yield advance
+
+
+def train(algorithm_name: str, config: dict[str, Any], *, out: Path | None = None,
+          resume: Path | None = None, mirror: str | None = None, root: str | None = None,
+          report: Report = print, show_progress: bool = True) -> tuple[RunFolder, TrainingState]:
+    """Train ``algorithm_name`` with a resolved ``config``; return the run and its final state."""
+    from metactl.plugins import get_registry
+
+    algorithm = get_registry().get(algorithm_name)(config)
+    run = RunFolder(Path(resume) if resume else Path(out) if out else default_run_folder(config))
+    if not resume and run.last.is_file():
+        raise UsageError(f"{run.path} already holds a run",
+                         f"resume it with `metactl train --resume {run.path}` "
+                         "or pick another --out")
+    data = load_training_data(config, mirror, root, report)
+    trainer = Trainer(algorithm, config, data, run, report, show_progress)
+    if resume:
+        trainer.resume()
+    run.write_config(config)
+    return run, trainer.train()

@@ -1,0 +1,1 @@
+"""Shared network parts: backbones and helpers for inner loops."""

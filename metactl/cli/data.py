@@ -108,13 +108,26 @@ def info(dataset: DatasetArgument, root: RootOption = None, scheme: SchemeOption
     _print_summary(summary)
 
 
-def _print_summary(summary: dict, indent: str = "") -> None:
-    for key, value in summary.items():
+def _print_summary(summary: dict) -> None:
+    typer.echo(f"store:       {summary['path']} ({human_size(summary['size_bytes'])})")
+    typer.echo(f"fingerprint: {summary['fingerprint']}")
+    typer.echo(f"{'split':<7}{'classes':>9}{'rotations':>11}{'sampling classes':>18}"
+               f"{'images':>9}  {'shape':<10}images/class")
+    for split in summary["splits"]:
+        per_class = split["images_per_class"]
+        count = (str(per_class["min"]) if per_class["min"] == per_class["max"]
+                 else f"{per_class['min']}-{per_class['max']}")
+        shape = "x".join(str(side) for side in split["image_shape"])
+        typer.echo(f"{split['name']:<7}{split['classes']:>9}{len(split['rotations']):>11}"
+                   f"{split['sampling_classes']:>18}{split['images']:>9}  {shape:<10}{count}")
+    typer.echo("provenance:")
+    for key, value in summary["provenance"].items():
         if isinstance(value, dict):
-            typer.echo(f"{indent}{key}:")
-            _print_summary(value, indent + "  ")
+            typer.echo(f"  {key}:")
+            for inner_key, inner_value in value.items():
+                typer.echo(f"    {inner_key}: {inner_value}")
         else:
-            typer.echo(f"{indent}{key}: {value}")
+            typer.echo(f"  {key}: {value}")
 
 
 @app.command()

@@ -26,15 +26,18 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
-import torch
 
 import metactl
-from metactl.data.episodes import SplitData
 from metactl.errors import DataError, UsageError
+
+if TYPE_CHECKING:
+    import torch
+
+    from metactl.data.episodes import SplitData
 
 STORE_FORMAT = "metactl-store"
 STORE_VERSION = 1
@@ -205,6 +208,10 @@ class Store:
             :class:`SplitData` with images as a uint8 tensor, (images, height, width) or
             (images, height, width, channels), and offsets as int64, (classes + 1,).
         """
+        import torch  # here, so that the data commands that never sample start without torch
+
+        from metactl.data.episodes import SplitData
+
         self._check_split_name(name)
         with self._reading(f"split {name!r}") as file:
             group = file[name]

@@ -49,9 +49,12 @@ class ModelSpec:
     """What a model builder needs to know about the data and the task.
 
     Attributes:
-        channels, height, width: the image shape the model receives.
-        way: classes per training task (for heads with one output per class).
+        channels, height, width: the image shape the model receives; for regression tasks,
+            ``channels`` is the number of input features and height = width = 1.
+        way: classes per training task (for heads with one output per class); 1 for regression.
         num_train_classes: classes in the training split (for pre-training heads).
+        task: ``"classification"`` (images and integer labels) or ``"regression"`` (feature
+            vectors and float targets, e.g. the sinusoid tasks).
     """
 
     channels: int
@@ -59,6 +62,11 @@ class ModelSpec:
     width: int
     way: int
     num_train_classes: int = 0
+    task: str = "classification"
+
+    @property
+    def is_regression(self) -> bool:
+        return self.task == "regression"
 
 
 @dataclass(frozen=True)
@@ -99,6 +107,20 @@ class StepResult:
     extra: dict[str, float] = field(default_factory=dict)
 
 
+def query_loss(outputs: Tensor, labels: Tensor) -> StepResult:
+    """Cross-entropy and accuracy of scores (tasks, queries, way) against int64 labels
+    (tasks, queries); mean squared error of predictions against float targets of the same
+    shape for regression."""
+    import torch.nn.functional as functional
+
+    if labels.is_floating_point():
+        loss = functional.mse_loss(outputs, labels)
+        return StepResult(loss, None, {"mse": loss.item()})
+    loss = functional.cross_entropy(outputs.flatten(0, 1), labels.flatten())
+    accuracy = (outputs.argmax(-1) == labels).float().mean().item()
+    return StepResult(loss, accuracy)
+
+
 class InnerLoop(Protocol):
     """How a learner adapts to a task's support set; reusable across algorithms.
 
@@ -135,6 +157,8 @@ class Algorithm:
         inner_loop: the strategy that turns a support set into a task state.
         adapts_with_gradients: whether the inner loop differentiates (MAML); when false, the
             engine evaluates and predicts under ``torch.no_grad()``.
+        tasks: the kinds of task the algorithm handles: ``"classification"`` and, for
+            methods whose model is not tied to images, ``"regression"``.
     """
 
     name: ClassVar[str] = ""
@@ -146,6 +170,7 @@ class Algorithm:
     device: ClassVar[DeviceSettings] = DeviceSettings()
     inner_loop: ClassVar[InnerLoop] = NoAdaptation()
     adapts_with_gradients: ClassVar[bool] = False
+    tasks: ClassVar[tuple[str, ...]] = ("classification",)
 
     def __init__(self, hparams: Mapping[str, Any]) -> None:
         self.hparams = dict(hparams)
@@ -174,14 +199,11 @@ class Algorithm:
         raise NotImplementedError(f"{type(self).__name__} must implement logits")
 
     def loss(self, model: nn.Module, batch: TaskBatch) -> StepResult:
-        """The meta-objective on a batch of tasks: query cross-entropy after adaptation."""
-        import torch.nn.functional as functional
-
+        """The meta-objective on a batch of tasks: query cross-entropy after adaptation (mean
+        squared error for regression tasks, whose labels are float)."""
         state = self.adapt(model, support_of(batch))
-        scores = self.logits(model, state, batch.query_images)
-        loss = functional.cross_entropy(scores.flatten(0, 1), batch.query_labels.flatten())
-        accuracy = (scores.argmax(-1) == batch.query_labels).float().mean().item()
-        return StepResult(loss, accuracy)
+        outputs = self.logits(model, state, batch.query_images)
+        return query_loss(outputs, batch.query_labels)
 
     def meta_gradient(self, model: nn.Module, batch: TaskBatch) -> StepResult:
         """Leave the meta-gradient in the parameters' ``.grad``; the engine then steps its
@@ -191,5 +213,7 @@ class Algorithm:
         return result
 
     def predict(self, model: nn.Module, support: LabelledImages, query_images: Tensor) -> Tensor:
-        """Class probabilities of the queries, (tasks, queries, way), after adapting."""
-        return self.logits(model, self.adapt(model, support), query_images).softmax(-1)
+        """Class probabilities of the queries, (tasks, queries, way), after adapting; for
+        regression tasks, the predictions themselves, (tasks, queries, outputs)."""
+        outputs = self.logits(model, self.adapt(model, support), query_images)
+        return outputs if support.labels.is_floating_point() else outputs.softmax(-1)

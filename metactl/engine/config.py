@@ -47,6 +47,12 @@ ENGINE_DEFAULTS: dict[str, Any] = {
     "deterministic": None,
 }
 
+# Settings a dataset implies, between the engine's defaults and the algorithm's.
+DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
+    # MAML section 5.1: K = 10 support points; the query points score the adapted model.
+    "sinusoid": {"way": 1, "train_way": 1, "shot": 10, "query": 10, "val_episodes": 100},
+}
+
 ENGINE_HELP = {
     "dataset": "dataset name (metactl data list)",
     "scheme": "split scheme of the dataset (default: the card's, vinyals for Omniglot)",
@@ -156,7 +162,7 @@ def resolve_config(algorithm_name: str, defaults: Mapping[str, Mapping[str, Any]
                     f"see `metactl plugins info {algorithm_name}` for the keys it accepts")
             raise UsageError(f"{algorithm_name} has no setting {key!r}", hint)
     probe = {**ENGINE_DEFAULTS, **chosen}
-    config = {**ENGINE_DEFAULTS,
+    config = {**ENGINE_DEFAULTS, **DATASET_DEFAULTS.get(probe["dataset"], {}),
               **algorithm_defaults(defaults, probe["dataset"], int(probe["way"]),
                                    int(probe["shot"])),
               **chosen}

@@ -14,7 +14,7 @@ from metactl.algorithm import support_of
 
 if TYPE_CHECKING:
     from metactl.algorithm import Algorithm
-    from metactl.data.episodes import EpisodeSet, SplitData
+    from metactl.data.episodes import EpisodeSet, SplitData, TaskBatch
     from metactl.engine.device import Placement
 
 # Student's t is within 0.1% of the normal quantile beyond a few hundred episodes; papers use 1.96.
@@ -24,6 +24,9 @@ TASKS_PER_BATCH = 16
 
 @dataclass(frozen=True)
 class EvaluationResult:
+    """Mean of a per-episode metric (query accuracy, or mean squared error for regression)
+    with the half-width of its 95% confidence interval."""
+
     mean: float
     ci95: float
     episodes: int
@@ -31,9 +34,15 @@ class EvaluationResult:
     shot: int
     query: int
     split: str
+    metric: str = "accuracy"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    def describe(self) -> str:
+        if self.metric == "accuracy":
+            return f"accuracy {100 * self.mean:.2f}% ± {100 * self.ci95:.2f}"
+        return f"{self.metric} {self.mean:.4f} ± {self.ci95:.4f}"
 
 
 def confidence_interval(accuracies: torch.Tensor) -> tuple[float, float]:
@@ -67,6 +76,29 @@ def evaluate_episodes(algorithm: Algorithm, model: torch.nn.Module, split: Split
                             episodes.query, episodes.split)
 
 
+def regression_errors(algorithm: Algorithm, model: torch.nn.Module, batches: list[TaskBatch],
+                      placement: Placement | None = None) -> torch.Tensor:
+    """Query mean squared error of every task, (tasks,), after adapting on its support set."""
+    autocast = placement.autocast() if placement is not None else contextlib.nullcontext()
+    gradients = torch.enable_grad() if algorithm.adapts_with_gradients else torch.no_grad()
+    errors = []
+    with gradients, autocast:
+        for batch in batches:
+            predictions = algorithm.predict(model, support_of(batch), batch.query_images)
+            squared = (predictions.detach().float() - batch.query_labels).pow(2)
+            errors.append(squared.flatten(1).mean(1).cpu())
+    return torch.cat(errors)
+
+
+def evaluate_regression(algorithm: Algorithm, model: torch.nn.Module, batches: list[TaskBatch],
+                        placement: Placement | None = None, split: str = "val"
+                        ) -> EvaluationResult:
+    mean, ci95 = confidence_interval(regression_errors(algorithm, model, batches, placement))
+    first = batches[0]
+    return EvaluationResult(mean, ci95, len(batches), first.way, first.shot, first.query, split,
+                            metric="mse")
+
+
 def evaluate_run(run_path: Path, *, episodes: int | None = None, way: int | None = None,
                  shot: int | None = None, query: int | None = None, split: str = "test",
                  episode_file: Path | None = None, seed: int | None = None,
@@ -80,6 +112,9 @@ def evaluate_run(run_path: Path, *, episodes: int | None = None, way: int | None
 
     trained = load_trained(run_path, device)
     config = trained.config
+    if config["dataset"] == "sinusoid":
+        return _evaluate_sinusoid(trained, episodes=episodes, shot=shot, query=query, seed=seed,
+                                  device=device)
     if episode_file is not None:
         episode_set = EpisodeSet.load(episode_file)
         if episode_set.dataset != config["dataset"]:
@@ -100,3 +135,24 @@ def evaluate_run(run_path: Path, *, episodes: int | None = None, way: int | None
     data = open_split(episode_set.dataset, episode_set.split, root=root,
                       scheme=episode_set.scheme, size=episode_set.size).to(placement.device)
     return evaluate_episodes(trained.algorithm, trained.model, data, episode_set, placement)
+
+
+def sinusoid_test_tasks(config: dict[str, Any], episodes: int | None, shot: int | None,
+                        query: int | None, seed: int | None, device: torch.device
+                        ) -> list[TaskBatch]:
+    """The fixed sinusoid test tasks: seeded by ``eval_seed`` unless ``seed`` is given."""
+    from metactl.data.sinusoid import SinusoidSampler
+
+    sampler = SinusoidSampler(shot or int(config["shot"]), query or int(config["query"]),
+                              seed=int(config["eval_seed"]) if seed is None else seed,
+                              device=device)
+    return sampler.fixed(episodes or int(config["eval_episodes"]))
+
+
+def _evaluate_sinusoid(trained, *, episodes, shot, query, seed, device) -> EvaluationResult:
+    from metactl.engine.device import placement_for
+
+    placement = placement_for({**trained.config, "device": device or trained.config["device"]},
+                              trained.algorithm.device)
+    batches = sinusoid_test_tasks(trained.config, episodes, shot, query, seed, placement.device)
+    return evaluate_regression(trained.algorithm, trained.model, batches, placement, "test")

@@ -135,7 +135,8 @@ def load_trained(path: str | Path, device: str | None = None) -> TrainedModel:
     algorithm = algorithm_class(config)
     channels, height, width = (int(v) for v in checkpoint["image_shape"])
     spec = ModelSpec(channels, height, width, int(config["train_way"]),
-                     int(checkpoint.get("num_train_classes", 0)))
+                     int(checkpoint.get("num_train_classes", 0)),
+                     str(checkpoint.get("task", "classification")))
     model = algorithm.build_model(spec)
     try:
         model.load_state_dict(checkpoint["model"])

@@ -14,30 +14,20 @@ from typing import Any
 
 import torch
 
-from metactl.algorithm import Algorithm, ModelSpec
-from metactl.data.episodes import EpisodeSampler, EpisodeSet, SplitData, check_task_shape
+from metactl.algorithm import Algorithm
 from metactl.engine.checkpoint import load_checkpoint, save_checkpoint
 from metactl.engine.device import Placement, placement_for
-from metactl.engine.evaluator import evaluate_episodes
 from metactl.engine.run import RunFolder
+from metactl.engine.tasks import TaskSource, load_tasks
 from metactl.errors import UsageError
 
 Report = Callable[[str], None]
 
 
 @dataclass
-class TrainingData:
-    train: SplitData
-    val: SplitData | None
-    invert: bool
-    scheme: str
-    size: int
-
-
-@dataclass
 class TrainingState:
     step: int
-    best_accuracy: float
+    best_score: float  # validation accuracy, or minus the validation error for regression
     best_step: int
 
 
@@ -45,27 +35,6 @@ def default_run_folder(config: dict[str, Any]) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path("runs") / (f"{config['algorithm']}-{config['dataset']}-{config['way']}way-"
                            f"{config['shot']}shot-{stamp}")
-
-
-def load_training_data(config: dict[str, Any], mirror: str | None, root: str | None,
-                       report: Report) -> TrainingData:
-    from metactl.data.cards import get_card
-    from metactl.data.manage import open_split
-
-    card = get_card(config["dataset"])
-    scheme = card.split_scheme(config["scheme"])
-    size = int(config["size"] or card.geometry.default_size)
-    train = open_split(card.name, "train", root=root, scheme=scheme.name, size=size, fetch=True,
-                       mirror=mirror, report=report)
-    val = None
-    if "val" in scheme.split_names:
-        val = open_split(card.name, "val", root=root, scheme=scheme.name, size=size)
-    return TrainingData(train, val, card.geometry.invert, scheme.name, size)
-
-
-def image_shape(split: SplitData) -> tuple[int, int, int]:
-    shape = tuple(split.images.shape[1:])
-    return (shape[2], shape[0], shape[1]) if len(shape) == 3 else (1, shape[0], shape[1])
 
 
 def build_optimizer(model: torch.nn.Module, config: dict[str, Any]):
@@ -87,51 +56,30 @@ def build_optimizer(model: torch.nn.Module, config: dict[str, Any]):
 class Trainer:
     """Runs meta-training for one run folder; resumable step by step."""
 
-    def __init__(self, algorithm: Algorithm, config: dict[str, Any], data: TrainingData,
-                 run: RunFolder, report: Report, show_progress: bool = True) -> None:
-        self.algorithm, self.config, self.data, self.run = algorithm, config, data, run
+    def __init__(self, algorithm: Algorithm, config: dict[str, Any], run: RunFolder,
+                 report: Report, show_progress: bool = True, mirror: str | None = None,
+                 root: str | None = None) -> None:
+        self.algorithm, self.config, self.run = algorithm, config, run
         self.report, self.show_progress = report, show_progress
         self.placement: Placement = placement_for(config, algorithm.device)
-        device = self.placement.device
-        self.train_split = data.train.to(device)
-        self.val_split = data.val.to(device) if data.val is not None else None
-        self._check_shapes()
-        self.spec = ModelSpec(*image_shape(data.train), way=int(config["train_way"]),
-                              num_train_classes=data.train.num_classes)
+        self.tasks: TaskSource = load_tasks(config, self.placement.device, mirror, root, report)
+        self.spec = self.tasks.spec
+        if self.spec.task not in algorithm.tasks:
+            raise UsageError(f"{algorithm.name} does not handle {self.spec.task} tasks "
+                             f"({config['dataset']})", "pick an image dataset such as omniglot")
+        self.sampler = self.tasks.sampler
         torch.manual_seed(int(config["seed"]))
-        self.model = algorithm.build_model(self.spec).to(device)
+        self.model = algorithm.build_model(self.spec).to(self.placement.device)
         if self.placement.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.step_model = torch.compile(self.model) if self.placement.compile else self.model
         self.optimizer, self.schedule = build_optimizer(self.model, config)
-        self.sampler = EpisodeSampler(self.train_split, int(config["train_way"]),
-                                      int(config["train_shot"]), int(config["train_query"]),
-                                      seed=int(config["seed"]))
-        self.validation = self._validation_episodes()
-        self.state = TrainingState(step=0, best_accuracy=-1.0, best_step=0)
+        self.state = TrainingState(step=0, best_score=-math.inf, best_step=0)
         self._stop_requested = False
 
     @property
     def total_steps(self) -> int:
         return math.ceil(int(self.config["episodes"]) / int(self.config["meta_batch"]))
-
-    def _check_shapes(self) -> None:
-        config = self.config
-        check_task_shape(self.train_split, int(config["train_way"]), int(config["train_shot"]),
-                         int(config["train_query"]))
-        if self.val_split is not None:
-            check_task_shape(self.val_split, int(config["way"]), int(config["shot"]),
-                             int(config["query"]))
-
-    def _validation_episodes(self) -> EpisodeSet | None:
-        if self.val_split is None or int(self.config["val_episodes"]) == 0:
-            return None
-        config = self.config
-        return EpisodeSet.draw(self.val_split, dataset=config["dataset"], scheme=self.data.scheme,
-                               size=self.data.size, way=int(config["way"]),
-                               shot=int(config["shot"]), query=int(config["query"]),
-                               episodes=int(config["val_episodes"]),
-                               seed=int(config["eval_seed"]))
 
     # --- checkpoints -------------------------------------------------------------------------
 
@@ -142,7 +90,8 @@ class Trainer:
             "model": self.model.state_dict(),
             "image_shape": list(self.spec_shape()),
             "num_train_classes": self.spec.num_train_classes,
-            "invert": self.data.invert,
+            "task": self.spec.task,
+            "invert": self.tasks.invert,
             "step": self.state.step,
         }
         if model_only:
@@ -152,7 +101,7 @@ class Trainer:
                 "schedule": self.schedule.state_dict(),
                 "sampler_rng": self.sampler.generator.get_state(),
                 "torch_rng": torch.get_rng_state(),
-                "best_accuracy": self.state.best_accuracy,
+                "best_score": self.state.best_score,
                 "best_step": self.state.best_step}
 
     def spec_shape(self) -> tuple[int, int, int]:
@@ -172,7 +121,7 @@ class Trainer:
         self.schedule.load_state_dict(checkpoint["schedule"])
         self.sampler.generator.set_state(checkpoint["sampler_rng"])
         torch.set_rng_state(checkpoint["torch_rng"])
-        self.state = TrainingState(int(checkpoint["step"]), float(checkpoint["best_accuracy"]),
+        self.state = TrainingState(int(checkpoint["step"]), float(checkpoint["best_score"]),
                                    int(checkpoint["best_step"]))
         self.run.truncate_metrics(self.state.step)
 
@@ -227,20 +176,18 @@ class Trainer:
         return record
 
     def _validate_and_save(self) -> None:
-        if self.validation is not None:
-            self.model.eval()
-            result = evaluate_episodes(self.algorithm, self.model, self.val_split,
-                                       self.validation, self.placement)
-            record = {"kind": "val", "step": self.state.step, "accuracy": result.mean,
-                      "ci95": result.ci95, "episodes": result.episodes}
-            self.run.append_metrics(record)
-            if result.mean > self.state.best_accuracy:
-                self.state.best_accuracy, self.state.best_step = result.mean, self.state.step
+        self.model.eval()
+        result = self.tasks.validate(self.algorithm, self.model, self.placement)
+        if result is not None:
+            self.run.append_metrics({"kind": "val", "step": self.state.step,
+                                     result.metric: result.mean, "ci95": result.ci95,
+                                     "episodes": result.episodes})
+            score = result.mean if self.tasks.higher_is_better else -result.mean
+            if score > self.state.best_score:
+                self.state.best_score, self.state.best_step = score, self.state.step
                 save_checkpoint(self.run.best, self._payload(model_only=True))
-            self.report(f"step {self.state.step}/{self.total_steps}: validation accuracy "
-                        f"{100 * result.mean:.2f}% ± {100 * result.ci95:.2f} "
-                        f"(best {100 * self.state.best_accuracy:.2f}% at step "
-                        f"{self.state.best_step})")
+            self.report(f"step {self.state.step}/{self.total_steps}: validation "
+                        f"{result.describe()} (best at step {self.state.best_step})")
         self.save_last()
 
     @contextmanager
@@ -309,8 +256,7 @@ def train(algorithm_name: str, config: dict[str, Any], *, out: Path | None = Non
         raise UsageError(f"{run.path} already holds a run",
                          f"resume it with `metactl train --resume {run.path}` "
                          "or pick another --out")
-    data = load_training_data(config, mirror, root, report)
-    trainer = Trainer(algorithm, config, data, run, report, show_progress)
+    trainer = Trainer(algorithm, config, run, report, show_progress, mirror=mirror, root=root)
     if resume:
         trainer.resume()
     run.write_config(config)

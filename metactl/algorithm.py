@@ -159,6 +159,8 @@ class Algorithm:
             engine evaluates and predicts under ``torch.no_grad()``.
         tasks: the kinds of task the algorithm handles: ``"classification"`` and, for
             methods whose model is not tied to images, ``"regression"``.
+        test_steps_setting: the hyperparameter holding the number of inner gradient steps at
+            test time, for ``metactl evaluate --steps``; ``None`` when there are none.
     """
 
     name: ClassVar[str] = ""
@@ -171,6 +173,7 @@ class Algorithm:
     inner_loop: ClassVar[InnerLoop] = NoAdaptation()
     adapts_with_gradients: ClassVar[bool] = False
     tasks: ClassVar[tuple[str, ...]] = ("classification",)
+    test_steps_setting: ClassVar[str | None] = None
 
     def __init__(self, hparams: Mapping[str, Any]) -> None:
         self.hparams = dict(hparams)

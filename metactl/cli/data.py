@@ -43,6 +43,10 @@ def list_command(root: RootOption = None,
                    f"{human_size(status.download_bytes):>9}  {status.folder}")
         for path, size in status.stores:
             typer.echo(f"{'':<14} {'store':<13} {human_size(size):>19}  {path.name}")
+    from metactl.data.cards import SYNTHETIC
+
+    for name, summary in SYNTHETIC.items():
+        typer.echo(f"{name:<14} {'synthetic':<13} {summary}")
 
 
 @app.command()

@@ -63,22 +63,38 @@ def evaluate(
                                                  "--episode-file")] = None,
     seed: Annotated[int | None, _option("Seed of the drawn episodes (default: the run's "
                                         "eval_seed, 0).", "--seed")] = None,
+    steps: Annotated[str | None, _option("Inner gradient steps at test time, e.g. 0,1,10 (one "
+                                         "evaluation each).", "--steps")] = None,
+    plot: Annotated[Path | None, _option("Sinusoid runs: plot one test task's curve and the "
+                                         "predictions after each number of steps.",
+                                         "--plot")] = None,
     device: DeviceOption = None,
     root: RootOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ):
-    """Mean test accuracy with its 95% confidence interval over fixed episodes."""
-    from metactl.engine.session import evaluate_and_record
+    """Mean test accuracy (or regression error) with its 95% CI over fixed episodes."""
+    from metactl.engine.session import evaluate_and_record, parse_steps, plot_sinusoid
 
-    result = evaluate_and_record(run, episodes=episodes, way=way, shot=shot, query=query,
-                                 split=split, episode_file=episode_file, seed=seed, device=device,
-                                 root=root)
+    step_counts = parse_steps(steps)
+    results = [evaluate_and_record(run, episodes=episodes, way=way, shot=shot, query=query,
+                                   split=split, episode_file=episode_file, seed=seed,
+                                   device=device, root=root, inner_steps=count)
+               for count in step_counts]
+    if plot is not None:
+        plot_sinusoid(run, step_counts, plot, shot=shot, seed=seed, device=device)
+        say(f"wrote {plot}")
     if as_json:
-        print_json(result.to_json())
+        documents = [{**result.to_json(), "inner_steps": count}
+                     for count, result in zip(step_counts, results, strict=True)]
+        print_json(documents[0] if steps is None else documents)
         return
-    typer.echo(f"{result.way}-way {result.shot}-shot {result.split} accuracy: "
-               f"{100 * result.mean:.2f}% ± {100 * result.ci95:.2f} "
-               f"(95% CI, {result.episodes} episodes, {result.query} queries per class)")
+    for count, result in zip(step_counts, results, strict=True):
+        setting = "" if count is None else f" after {count} inner steps"
+        task = (f"{result.way}-way {result.shot}-shot" if result.metric == "accuracy"
+                else f"{result.shot}-shot regression")
+        typer.echo(f"{task} {result.split}{setting}: {result.describe()} "
+                   f"(95% CI, {result.episodes} episodes, {result.query} queries per "
+                   f"{'class' if result.metric == 'accuracy' else 'task'})")
 
 
 def predict(

@@ -14,6 +14,8 @@ import yaml
 from metactl.errors import DataError, UsageError
 
 SPLIT_NAMES = ("train", "val", "test")
+# Task families generated on the fly: no card, nothing to download.
+SYNTHETIC = {"sinusoid": "sine regression tasks of the MAML paper, generated on the fly"}
 
 
 @dataclass(frozen=True)
@@ -229,6 +231,9 @@ def get_card(name: str) -> DatasetCard:
     cards = builtin_cards()
     if name in cards:
         return cards[name]
-    close = difflib.get_close_matches(name, list(cards), n=1)
+    if name in SYNTHETIC:
+        raise UsageError(f"{name} is generated on the fly and has no files to fetch or inspect",
+                         f"train on it directly, e.g. `metactl train maml --dataset {name}`")
+    close = difflib.get_close_matches(name, [*cards, *SYNTHETIC], n=1)
     hint = f"did you mean {close[0]!r}?" if close else f"known datasets: {', '.join(sorted(cards))}"
     raise UsageError(f"unknown dataset {name!r}", hint)

@@ -102,8 +102,10 @@ def evaluate_regression(algorithm: Algorithm, model: torch.nn.Module, batches: l
 def evaluate_run(run_path: Path, *, episodes: int | None = None, way: int | None = None,
                  shot: int | None = None, query: int | None = None, split: str = "test",
                  episode_file: Path | None = None, seed: int | None = None,
-                 device: str | None = None, root: str | None = None) -> EvaluationResult:
-    """Evaluate a trained run on fixed episodes (the same for every algorithm by default)."""
+                 device: str | None = None, root: str | None = None,
+                 inner_steps: int | None = None) -> EvaluationResult:
+    """Evaluate a trained run on fixed episodes (the same for every algorithm by default);
+    ``inner_steps`` replaces the algorithm's number of inner gradient steps at test time."""
     from metactl.data.episodes import EpisodeSet
     from metactl.data.manage import draw_episodes, open_split
     from metactl.engine.device import placement_for
@@ -111,6 +113,10 @@ def evaluate_run(run_path: Path, *, episodes: int | None = None, way: int | None
     from metactl.errors import UsageError
 
     trained = load_trained(run_path, device)
+    if inner_steps is not None:
+        from metactl.engine.sinusoid_report import with_steps
+
+        trained = with_steps(trained, inner_steps)
     config = trained.config
     if config["dataset"] == "sinusoid":
         return _evaluate_sinusoid(trained, episodes=episodes, shot=shot, query=query, seed=seed,

@@ -43,11 +43,44 @@ def start_training(algorithm_name: str | None, cli_values: dict[str, Any],
 
 
 def evaluate_and_record(run_path: Path, **options: Any):
-    """Evaluate a run and save the result as ``evaluation-<split>-<way>way-<shot>shot.json``."""
+    """Evaluate a run and save the result as
+    ``evaluation-<split>-<way>way-<shot>shot[-<steps>steps].json`` in the run folder."""
     from metactl.engine.evaluator import evaluate_run
 
     result = evaluate_run(run_path, **options)
     run = RunFolder(Path(run_path))
-    name = f"evaluation-{result.split}-{result.way}way-{result.shot}shot.json"
+    steps = options.get("inner_steps")
+    suffix = "" if steps is None else f"-{steps}steps"
+    name = f"evaluation-{result.split}-{result.way}way-{result.shot}shot{suffix}.json"
     write_text_atomic(run.path / name, json.dumps(result.to_json(), indent=2) + "\n")
     return result
+
+
+def parse_steps(text: str | None) -> list[int | None]:
+    """``"0,1,10"`` -> ``[0, 1, 10]``; no text -> ``[None]`` (the algorithm's own setting)."""
+    if not text:
+        return [None]
+    try:
+        steps = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise UsageError(f"--steps {text!r} is not a comma-separated list of whole numbers",
+                         "write e.g. --steps 0,1,10") from None
+    if any(count < 0 for count in steps):
+        raise UsageError("--steps must not be negative", "write e.g. --steps 0,1,10")
+    return steps
+
+
+def plot_sinusoid(run_path: Path, steps: list[int | None], output: Path, *, shot: int | None,
+                  seed: int | None, device: str | None) -> Path:
+    from metactl.engine.device import placement_for
+    from metactl.engine.run import load_trained
+    from metactl.engine.sinusoid_report import plot_one_task
+
+    trained = load_trained(run_path, device)
+    if trained.config["dataset"] != "sinusoid":
+        raise UsageError("--plot draws sinusoid tasks, and this run is not on sinusoid",
+                         "drop --plot, or evaluate a run trained with --dataset sinusoid")
+    counts = [0, *sorted({count for count in steps if count})] if steps != [None] else [0, 1]
+    placement = placement_for({**trained.config, "device": device or trained.config["device"]},
+                              trained.algorithm.device)
+    return plot_one_task(trained, counts, output, shot=shot, seed=seed, device=placement.device)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable
 
+import torch
 from torch import Tensor, nn
 
 from metactl.errors import UsageError
@@ -54,3 +55,15 @@ def embed_tasks(encoder: nn.Module, images: Tensor) -> Tensor:
     """Embed (tasks, images, C, H, W) with one forward pass; returns (tasks, images, features)."""
     tasks, count = images.shape[:2]
     return encoder(images.flatten(0, 1)).view(tasks, count, -1)
+
+
+def feature_size(backbone: nn.Module, channels: int, height: int, width: int) -> int:
+    """Length of the feature vector ``backbone`` gives for one (channels, height, width) image;
+    measured with a forward pass in evaluation mode, so batch-norm statistics are untouched."""
+    was_training = backbone.training
+    device = next(backbone.parameters()).device
+    with torch.no_grad():
+        probe = torch.zeros(2, channels, height, width, device=device)
+        size = backbone.eval()(probe).shape[-1]
+    backbone.train(was_training)
+    return int(size)

@@ -1,0 +1,98 @@
+"""The networks of Relation Networks (Sung et al. 2018): an embedding module that keeps
+spatial feature maps, and a relation module that scores a pair of concatenated maps."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+def relation_block(in_channels: int, out_channels: int, padding: int, pool: bool
+                   ) -> nn.Sequential:
+    """3x3 convolution of 64 filters, batch norm, ReLU and, if ``pool``, 2x2 max-pooling."""
+    layers: list[nn.Module] = [nn.Conv2d(in_channels, out_channels, 3, padding=padding),
+                               nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
+    if pool:
+        layers.append(nn.MaxPool2d(2))
+    return nn.Sequential(*layers)
+
+
+class RelationEmbedding(nn.Module):
+    """Four conv blocks; the first two (unpadded) pool, the last two (padded) do not, as in the
+    paper and its code. (N, C, 28, 28) -> (N, hidden, 5, 5); (N, C, 84, 84) -> (N, hidden, 19, 19).
+    """
+
+    def __init__(self, in_channels: int = 1, hidden: int = 64) -> None:
+        super().__init__()
+        self.blocks = nn.Sequential(relation_block(in_channels, hidden, 0, pool=True),
+                                    relation_block(hidden, hidden, 0, pool=True),
+                                    relation_block(hidden, hidden, 1, pool=False),
+                                    relation_block(hidden, hidden, 1, pool=False))
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.blocks(images)
+
+
+class RelationModule(nn.Module):
+    """Two conv blocks with pooling, then FC-ReLU-FC-sigmoid: a relation score in [0, 1].
+
+    Maps (N, 2 * hidden, h, w) concatenated feature maps to (N,). The paper's code pads the
+    convolutions on Omniglot (5x5 maps -> 1x1) and not on mini-ImageNet (19x19 -> 3x3).
+    """
+
+    def __init__(self, hidden: int, map_size: tuple[int, int], padding: int,
+                 fc_hidden: int = 8) -> None:
+        super().__init__()
+        self.blocks = nn.Sequential(relation_block(2 * hidden, hidden, padding, pool=True),
+                                    relation_block(hidden, hidden, padding, pool=True))
+        with torch.no_grad():
+            flat = self.blocks.eval()(torch.zeros(2, 2 * hidden, *map_size)).flatten(1).shape[1]
+        self.blocks.train()
+        self.fc = nn.Sequential(nn.Linear(flat, fc_hidden), nn.ReLU(inplace=True),
+                                nn.Linear(fc_hidden, 1))
+
+    def forward(self, pairs: Tensor) -> Tensor:
+        return torch.sigmoid(self.fc(self.blocks(pairs).flatten(1))).squeeze(-1)
+
+
+class RelationNetwork(nn.Module):
+    """Embedding and relation modules, trained end to end.
+
+    Args:
+        channels, height, width: the image shape.
+        hidden: filters of every conv block (64 in the paper).
+        padding: padding of the relation module's convolutions.
+        fc_hidden: units of the relation module's hidden FC layer (8 in the paper).
+    """
+
+    def __init__(self, channels: int, height: int, width: int, hidden: int = 64,
+                 padding: int = 1, fc_hidden: int = 8) -> None:
+        super().__init__()
+        self.embedding = RelationEmbedding(channels, hidden)
+        with torch.no_grad():
+            maps = self.embedding.eval()(torch.zeros(2, channels, height, width))
+        self.embedding.train()
+        self.relation = RelationModule(hidden, tuple(maps.shape[2:]), padding, fc_hidden)
+
+    def feature_maps(self, images: Tensor) -> Tensor:
+        """(T, N, C, H, W) -> (T, N, hidden, h, w)."""
+        tasks, count = images.shape[:2]
+        maps = self.embedding(images.flatten(0, 1))
+        return maps.view(tasks, count, *maps.shape[1:])
+
+    def scores(self, queries: Tensor, classes: Tensor) -> Tensor:
+        """Relation score of every query with every class.
+
+        Args:
+            queries: query feature maps, (T, Q, hidden, h, w).
+            classes: class feature maps, (T, way, hidden, h, w).
+
+        Returns:
+            (T, Q, way), values in [0, 1].
+        """
+        tasks, count = queries.shape[:2]
+        way = classes.shape[1]
+        pairs = torch.cat([classes.unsqueeze(1).expand(tasks, count, *classes.shape[1:]),
+                           queries.unsqueeze(2).expand(tasks, count, way, *queries.shape[2:])],
+                          dim=3)  # (T, Q, way, 2 * hidden, h, w), class first as in the paper
+        return self.relation(pairs.flatten(0, 2)).view(tasks, count, way)

@@ -9,7 +9,6 @@ numbered from 0. An episode is therefore ``way`` class numbers and, for each cla
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -291,17 +290,11 @@ class EpisodeSet:
         }
 
     def save(self, path: Path) -> Path:
-        path = Path(path)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+        from metactl.fileio import atomic_write
+
+        with atomic_write(path, "choose a writable output path with -o") as temporary:
             temporary.write_text(json.dumps(self.to_json(), separators=(",", ":")) + "\n")
-            os.replace(temporary, path)
-        except OSError as error:
-            temporary.unlink(missing_ok=True)
-            raise DataError(f"cannot write episode file {path}: {error.strerror or error}",
-                            "choose a writable output path with -o") from None
-        return path
+        return Path(path)
 
     @classmethod
     def load(cls, path: Path) -> EpisodeSet:

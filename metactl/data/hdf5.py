@@ -19,10 +19,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,6 +32,7 @@ import numpy as np
 
 import metactl
 from metactl.errors import DataError, UsageError
+from metactl.fileio import atomic_write
 
 if TYPE_CHECKING:
     import torch
@@ -136,20 +136,12 @@ def write_store(path: Path, splits: dict[str, StoreSplit], attrs: dict[str, Any]
     for name, split in splits.items():
         split.check(name)
     file_attrs = _file_attrs(splits, attrs)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    hint = "check the free space and permissions of the data root"
+    with atomic_write(path, hint, what="the store") as temporary:
         with h5py.File(temporary, "w") as file:
             _write_attrs(file, file_attrs)
             for name, split in splits.items():
                 _write_split(file.create_group(name), split)
-        os.replace(temporary, path)
-    except OSError as error:
-        raise DataError(f"cannot write the store {path} ({error.strerror or error})",
-                        "check the free space and permissions of the data root") from None
-    finally:
-        with suppress(OSError):
-            temporary.unlink(missing_ok=True)
     return path
 
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from metactl.data.episodes import TaskBatch
-from metactl.errors import DataError
+from metactl.fileio import atomic_write
 
 GAP = 4
 
@@ -42,14 +41,6 @@ def save_episode_png(batch: TaskBatch, path: Path, task: int = 0, scale: int = 2
     separator = (GAP + batch.shot * (batch.support_images.shape[-1] + GAP) + GAP // 2) * scale
     ImageDraw.Draw(grid).line([(separator, 0), (separator, grid.height)], fill=(255, 200, 0),
                               width=max(1, scale))
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path, "choose a writable output path with -o") as temporary:
         grid.save(temporary, format="PNG")
-        os.replace(temporary, path)
-    except OSError as error:
-        temporary.unlink(missing_ok=True)
-        raise DataError(f"cannot write {path}: {error.strerror or error}",
-                        "choose a writable output path with -o") from None
-    return path
+    return Path(path)

@@ -2,29 +2,22 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from metactl.errors import DataError
+from metactl.fileio import atomic_write
 
 FORMAT = "metactl-checkpoint"
 VERSION = 1
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_write(path, "check the run folder's permissions and free space") as temporary:
         torch.save({"format": FORMAT, "version": VERSION, **payload}, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

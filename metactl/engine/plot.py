@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageDraw
+
+from metactl.fileio import atomic_write
 
 WIDTH, HEIGHT, MARGIN = 720, 420, 48
 
@@ -54,13 +55,6 @@ def line_plot(series: list[Series], path: Path, title: str = "") -> Path:
         draw.text((WIDTH - MARGIN - 172, top), item.label, fill=(0, 0, 0))
     draw.text((MARGIN, 16), title, fill=(0, 0, 0))
     draw.text((MARGIN, HEIGHT - MARGIN + 8), f"x from {x_low:g} to {x_high:g}", fill=(0, 0, 0))
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
+    with atomic_write(path, "choose a writable path for --plot") as temporary:
         image.save(temporary, format="PNG")
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from metactl.errors import DataError, UsageError
+from metactl.fileio import atomic_write
 
 if TYPE_CHECKING:
     from torch import nn
@@ -83,14 +83,8 @@ class RunFolder:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_write(path, "check the run folder's permissions and free space") as temporary:
         temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
 
 
 def open_run(path: str | Path) -> RunFolder:

@@ -154,7 +154,8 @@ class Algorithm:
             that match the run, most specific last, then the config file, then CLI options.
         hyperparameter_help: one line per algorithm-specific hyperparameter.
         device: the preferred :class:`DeviceSettings`.
-        inner_loop: the strategy that turns a support set into a task state.
+        inner_loop: the strategy that turns a support set into a task state; set it per
+            instance in ``__init__`` when it depends on hyperparameters.
         adapts_with_gradients: whether the inner loop differentiates (MAML); when false, the
             engine evaluates and predicts under ``torch.no_grad()``.
         tasks: the kinds of task the algorithm handles: ``"classification"`` and, for
@@ -170,13 +171,16 @@ class Algorithm:
     defaults: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
     hyperparameter_help: ClassVar[Mapping[str, str]] = {}
     device: ClassVar[DeviceSettings] = DeviceSettings()
-    inner_loop: ClassVar[InnerLoop] = NoAdaptation()
+    inner_loop: InnerLoop = NoAdaptation()
     adapts_with_gradients: ClassVar[bool] = False
     tasks: ClassVar[tuple[str, ...]] = ("classification",)
     test_steps_setting: ClassVar[str | None] = None
 
     def __init__(self, hparams: Mapping[str, Any]) -> None:
         self.hparams = dict(hparams)
+        # Fraction of meta-training done before the current step, in [0, 1); the trainer sets
+        # it before each step (schedules such as Reptile's annealed outer step read it).
+        self.progress: float | None = None
 
     def build_model(self, spec: ModelSpec) -> nn.Module:
         """The network whose parameters the engine's outer optimizer trains."""

@@ -157,6 +157,7 @@ class Trainer:
         batch = self.sampler.sample(int(self.config["meta_batch"]))
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
+        self.algorithm.progress = self.state.step / self.total_steps
         with self.placement.autocast():
             result = self.algorithm.meta_gradient(self.step_model, batch)
         if float(self.config["grad_clip"]) > 0:

@@ -84,7 +84,7 @@ def evaluate(
         plot_sinusoid(run, step_counts, plot, shot=shot, seed=seed, device=device)
         say(f"wrote {plot}")
     if as_json:
-        documents = [{**result.to_json(), "inner_steps": count}
+        documents = [{**result.to_json(), **({} if count is None else {"inner_steps": count})}
                      for count, result in zip(step_counts, results, strict=True)]
         print_json(documents[0] if steps is None else documents)
         return

@@ -81,7 +81,25 @@ def _stack_losses(losses: list[Tensor], tasks: int, like: Tensor) -> Tensor:
     return torch.stack(losses) if losses else like.new_zeros(0, tasks)
 
 
-class GradientSteps:
+def algorithm_forward(algorithm: Algorithm, model: nn.Module):
+    """``forward(parameters, inputs)``: the algorithm's logits with per-task parameters."""
+
+    def forward(parameters: Parameters, inputs: Tensor) -> Tensor:
+        return algorithm.logits(model, parameters, inputs)
+
+    return forward
+
+
+class _ParameterLoop:
+    """Inner loops whose task state is the adapted parameters of :meth:`adaptation`."""
+
+    def adapt(self, algorithm: Algorithm, model: nn.Module, support: LabelledImages
+              ) -> Parameters:
+        """Adapted parameters, name -> (T, *shape), of the support sets (T, S, C, H, W)."""
+        return self.adaptation(algorithm, model, support).parameters
+
+
+class GradientSteps(_ParameterLoop):
     """``steps`` steps of gradient descent on each task's support loss, from the model's
     parameters (MAML's inner loop: Finn, Abbeel & Levine 2017).
 
@@ -120,16 +138,9 @@ class GradientSteps:
     def steps_for(self, training: bool) -> int:
         return self.steps if training else self.test_steps
 
-    def adapt(self, algorithm: Algorithm, model: nn.Module, support: LabelledImages
-              ) -> Parameters:
-        """Adapted parameters, name -> (T, *shape), of the support sets (T, S, C, H, W)."""
-        return self.adaptation(algorithm, model, support).parameters
-
     def adaptation(self, algorithm: Algorithm, model: nn.Module, support: LabelledImages
                    ) -> Adaptation:
-        def forward(parameters: Parameters, inputs: Tensor) -> Tensor:
-            return algorithm.logits(model, parameters, inputs)
-
+        forward = algorithm_forward(algorithm, model)
         training = model.training
         return self.run(forward, expand_parameters(model, support.tasks, self.select),
                         support.images, support.labels, steps=self.steps_for(training),
@@ -175,7 +186,7 @@ class GradientSteps:
         return Adaptation(parameters, _stack_losses(history, targets.shape[0], targets.float()))
 
 
-class ReptileSteps:
+class ReptileSteps(_ParameterLoop):
     """Plain training on each task: ``steps`` steps of SGD or Adam on mini-batches of the support
     set, from the model's parameters, with no graph back to them (Reptile's inner loop: Nichol,
     Achiam & Schulman 2018). The optimizer state starts fresh for every task.
@@ -207,16 +218,10 @@ class ReptileSteps:
         self.betas, self.eps = betas, eps
         self.loss = loss or task_loss
 
-    def adapt(self, algorithm: Algorithm, model: nn.Module, support: LabelledImages
-              ) -> Parameters:
-        """Adapted parameters, name -> (T, *shape), detached."""
-        return self.adaptation(algorithm, model, support).parameters
-
     def adaptation(self, algorithm: Algorithm, model: nn.Module, support: LabelledImages
                    ) -> Adaptation:
-        def forward(parameters: Parameters, inputs: Tensor) -> Tensor:
-            return algorithm.logits(model, parameters, inputs)
-
+        """Adapted parameters (detached from the model's) and the support losses."""
+        forward = algorithm_forward(algorithm, model)
         start = {name: value.detach() for name, value
                  in expand_parameters(model, support.tasks).items()}
         training = model.training

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,8 +53,29 @@ def choose_device(requested: str, settings: DeviceSettings) -> torch.device:
     return torch.device(requested)
 
 
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Ask glibc to keep freed memory instead of returning it to the system after every step.
+
+    Episodic steps allocate and free the same large blocks over and over; by default glibc
+    serves them with mmap and gives them back each time, and the page faults that follow cost
+    more than the arithmetic (a 20-way evaluation on 2 cores spent 84% of its time in the
+    kernel; with these settings it took 50-53 s instead of 77 s). Returns whether the settings
+    were applied.
+    """
+    if sys.platform != "linux":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (musl, say)
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4
+    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+
+
 def placement_for(config: dict[str, Any], settings: DeviceSettings) -> Placement:
     """Merge the algorithm's settings with the user's overrides in ``config``."""
+    keep_freed_memory()
     device = choose_device(str(config["device"]), settings)
 
     def pick(key: str, default: Any) -> Any:

@@ -6,7 +6,6 @@ notes go through ``report`` so the library never prints by itself.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -81,10 +80,8 @@ def fetch_dataset(name: str, *, root: str | Path | None = None, mirror: str | No
         return store
     ensure_writable(layout.folder)
     _download_sources(layout, mirror_setting(mirror), force, report, progress)
-    _extract_sources(layout, force, report)
-    _builder(layout.card).validate_extracted(layout.extracted, layout.card)
-    report(f"verified the content of {name}")
-    return preprocess_dataset(name, root=root, force=True, report=report)
+    return _build_store(layout, layout.card.default_split, layout.card.geometry.default_size,
+                        force, report)
 
 
 def _store_opens(path: Path) -> bool:
@@ -108,7 +105,8 @@ def _download_sources(layout: DatasetLayout, mirror: str | None, force: bool, re
             report(result.message)
 
 
-def _extract_sources(layout: DatasetLayout, force: bool, report: Report) -> None:
+def _extract_sources(layout: DatasetLayout, digests: dict[str, str], force: bool,
+                     report: Report) -> None:
     from metactl.data.archive import safe_extract
 
     for source in layout.card.sources:
@@ -116,7 +114,7 @@ def _extract_sources(layout: DatasetLayout, force: bool, report: Report) -> None
             continue
         archive = layout.download_path(source.path)
         marker = layout.extracted / f".{Path(source.path).name}.extracted"
-        digest = file_sha256(archive)
+        digest = digests[source.path]
         if not force and marker.is_file() and marker.read_text().strip() == digest:
             continue
         ensure_writable(layout.extracted)
@@ -126,12 +124,23 @@ def _extract_sources(layout: DatasetLayout, force: bool, report: Report) -> None
         marker.write_text(digest + "\n")
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def _build_store(layout: DatasetLayout, scheme: str, size: int, force_extract: bool,
+                 report: Report) -> Path:
+    """Extract (where needed), validate the content and write the store; each downloaded file
+    is hashed once, for the extraction markers and the store's provenance alike."""
+    from metactl.data.download import file_checksums
+
+    card = layout.card
+    digests = {s.path: file_checksums(layout.download_path(s.path))["sha256"]
+               for s in card.sources}
+    _extract_sources(layout, digests, force_extract, report)
+    builder = _builder(card)
+    builder.validate_extracted(layout.extracted, card)
+    report(f"verified the content of {card.name}")
+    report(f"building the {scheme} store at {size}x{size} pixels")
+    path = builder.build_store(layout, scheme, size, digests)
+    report(f"wrote {path}")
+    return path
 
 
 def preprocess_dataset(name: str, *, root: str | Path | None = None, scheme: str | None = None,
@@ -153,14 +162,7 @@ def preprocess_dataset(name: str, *, root: str | Path | None = None, scheme: str
     if missing:
         raise DataError(f"{name} is not downloaded (missing {missing[0]})",
                         f"run `metactl data fetch {name}` first")
-    _extract_sources(layout, False, report)
-    builder = _builder(card)
-    builder.validate_extracted(layout.extracted, card)
-    checksums = {s.path: file_sha256(layout.download_path(s.path)) for s in card.sources}
-    report(f"building the {scheme_name} store at {size}x{size} pixels")
-    path = builder.build_store(layout, scheme_name, size, checksums)
-    report(f"wrote {path}")
-    return path
+    return _build_store(layout, scheme_name, size, False, report)
 
 
 def open_split(name: str, split: str, *, root: str | Path | None = None,

@@ -76,6 +76,7 @@ class Trainer:
         self.optimizer, self.schedule = build_optimizer(self.model, config)
         self.state = TrainingState(step=0, best_score=-math.inf, best_step=0)
         self._stop_requested = False
+        self._saved_step: int | None = None  # the step last.pt holds, once written or read
 
     @property
     def total_steps(self) -> int:
@@ -109,6 +110,7 @@ class Trainer:
 
     def save_last(self) -> None:
         save_checkpoint(self.run.last, self._payload())
+        self._saved_step = self.state.step
 
     def resume(self) -> None:
         """Restore everything from ``last.pt`` so the run continues as if never stopped."""
@@ -123,6 +125,7 @@ class Trainer:
         torch.set_rng_state(checkpoint["torch_rng"])
         self.state = TrainingState(int(checkpoint["step"]), float(checkpoint["best_score"]),
                                    int(checkpoint["best_step"]))
+        self._saved_step = self.state.step
         self.run.truncate_metrics(self.state.step)
 
     # --- the loop ----------------------------------------------------------------------------
@@ -142,12 +145,9 @@ class Trainer:
             self.save_last()
             self.report(f"stopped at step {self.state.step}; continue with "
                         f"`metactl train --resume {self.run.path}`")
-        elif not self.run.last.is_file() or self._last_saved_step() != self.state.step:
+        elif self._saved_step != self.state.step:
             self._validate_and_save()
         return self.state
-
-    def _last_saved_step(self) -> int:
-        return int(load_checkpoint(self.run.last)["step"])
 
     def _due(self, every: int) -> bool:
         return self.state.step % every == 0 or self.state.step == self.total_steps

@@ -219,6 +219,13 @@ class Algorithm:
         result.loss.backward()
         return result
 
+    def gradient_mode(self):
+        """The autograd context for evaluation and prediction: gradients only where the inner
+        loop differentiates."""
+        import torch
+
+        return torch.enable_grad() if self.adapts_with_gradients else torch.no_grad()
+
     def predict(self, model: nn.Module, support: LabelledImages, query_images: Tensor) -> Tensor:
         """Class probabilities of the queries, (tasks, queries, way), after adapting; for
         regression tasks, the predictions themselves, (tasks, queries, outputs)."""

@@ -67,8 +67,7 @@ def check_algorithm(name: str, overrides: dict[str, Any] | None = None) -> None:
     assert all(bool(torch.isfinite(g).all()) for g in gradients), f"{name}: non-finite gradient"
     assert any(bool(g.abs().sum() > 0) for g in gradients), f"{name}: all gradients are zero"
     model.eval()
-    context = torch.enable_grad() if algorithm.adapts_with_gradients else torch.no_grad()
-    with context:
+    with algorithm.gradient_mode():
         probabilities = algorithm.predict(model, support_of(batch), batch.query_images)
     expected = (TINY["tasks"], TINY["way"] * TINY["query"], TINY["way"])
     assert tuple(probabilities.shape) == expected, (

@@ -57,7 +57,7 @@ def episode_accuracies(algorithm: Algorithm, model: torch.nn.Module, split: Spli
                        episodes: EpisodeSet, placement: Placement | None = None) -> torch.Tensor:
     """Query accuracy of every episode, (episodes,), in file order."""
     autocast = placement.autocast() if placement is not None else contextlib.nullcontext()
-    gradients = torch.enable_grad() if algorithm.adapts_with_gradients else torch.no_grad()
+    gradients = algorithm.gradient_mode()
     accuracies = []
     with gradients, autocast:
         for batch in episodes.batches(split, TASKS_PER_BATCH):
@@ -80,7 +80,7 @@ def regression_errors(algorithm: Algorithm, model: torch.nn.Module, batches: lis
                       placement: Placement | None = None) -> torch.Tensor:
     """Query mean squared error of every task, (tasks,), after adapting on its support set."""
     autocast = placement.autocast() if placement is not None else contextlib.nullcontext()
-    gradients = torch.enable_grad() if algorithm.adapts_with_gradients else torch.no_grad()
+    gradients = algorithm.gradient_mode()
     errors = []
     with gradients, autocast:
         for batch in batches:

@@ -212,7 +212,6 @@ def predict(run_path: Path, support: Path, queries: Sequence[Path], device: str 
     Returns:
         One :class:`Prediction` per query image, in the order of ``load_query_paths``.
     """
-    import torch
 
     from metactl.algorithm import LabelledImages
     from metactl.engine.run import load_trained
@@ -225,7 +224,7 @@ def predict(run_path: Path, support: Path, queries: Sequence[Path], device: str 
     support_set = LabelledImages(images.to(target), labels.to(target), len(class_names))
     algorithm = trained.algorithm
     # A gradient-based inner loop must differentiate even though nothing is trained here.
-    gradients = torch.enable_grad() if algorithm.adapts_with_gradients else torch.no_grad()
+    gradients = algorithm.gradient_mode()
     predictions: list[Prediction] = []
     with gradients:
         for chunk in _chunks(query_paths, chunk_size):

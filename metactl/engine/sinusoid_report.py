@@ -46,7 +46,7 @@ def plot_one_task(trained: TrainedModel, steps: list[int], path: Path, *, shot: 
     colors = [(120, 160, 230), (40, 150, 60), (20, 60, 200), (160, 60, 200)]
     for index, count in enumerate(steps):
         algorithm = with_steps(trained, count).algorithm
-        with torch.enable_grad():
+        with algorithm.gradient_mode():
             predicted = algorithm.predict(trained.model, support_of(batch), grid).detach()
         label = "pre-update" if count == 0 else f"after {count} step{'s' * (count > 1)}"
         series.append(Series(label, xs, predicted.view(-1).tolist(), colors[index % 4]))

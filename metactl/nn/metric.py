@@ -79,6 +79,12 @@ def mean_per_class(scores: Tensor, labels: Tensor, way: int) -> Tensor:
     return (scores @ one_hot) / one_hot.sum(1, keepdim=True).clamp_min(1)
 
 
+def _by_class(values: Tensor, labels: Tensor, way: int) -> Tensor:
+    """(T, Q, S) -> (T, Q, way, S), with ``-inf`` where a support image is not of the class."""
+    mask = one_hot_labels(labels, way, torch.bool).transpose(1, 2).unsqueeze(1)  # (T, 1, way, S)
+    return values.unsqueeze(2).masked_fill(~mask, float("-inf"))
+
+
 def max_per_class(scores: Tensor, labels: Tensor, way: int) -> Tensor:
     """The best query-support score within each class (nearest neighbour per class).
 
@@ -89,8 +95,7 @@ def max_per_class(scores: Tensor, labels: Tensor, way: int) -> Tensor:
     Returns:
         (T, Q, way); a class with no support image scores ``-inf``.
     """
-    mask = one_hot_labels(labels, way, torch.bool).transpose(1, 2).unsqueeze(1)  # (T, 1, way, S)
-    return scores.unsqueeze(2).masked_fill(~mask, float("-inf")).amax(-1)
+    return _by_class(scores, labels, way).amax(-1)
 
 
 def logsumexp_per_class(log_weights: Tensor, labels: Tensor, way: int) -> Tensor:
@@ -106,5 +111,4 @@ def logsumexp_per_class(log_weights: Tensor, labels: Tensor, way: int) -> Tensor
     Returns:
         (T, Q, way); a class with no support image gets ``-inf``.
     """
-    mask = one_hot_labels(labels, way, torch.bool).transpose(1, 2).unsqueeze(1)  # (T, 1, way, S)
-    return log_weights.unsqueeze(2).masked_fill(~mask, float("-inf")).logsumexp(-1)
+    return _by_class(log_weights, labels, way).logsumexp(-1)

@@ -1,0 +1,33 @@
+"""MANN learns to bind images to labels in its memory on real Omniglot in a short CPU run.
+
+The paper's setting (5 classes, 10 images each, 100,000 episodes) takes far longer than a test,
+so this run is smaller: sequences of 2 classes with 3 images each, a 16-slot memory, a
+100-unit LSTM and Adam at 3e-3, for 1,500 steps of 16 episodes (about a minute on one core).
+The check uses standard 2-way 1-shot episodes, where every class has been shown once before the
+queries, so no label-counting strategy can beat chance: only reading the memory can.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from metactl.engine.config import resolve_config
+from metactl.engine.evaluator import evaluate_run
+from metactl.engine.trainer import train
+from metactl_plugins.mann import MemoryAugmentedNetworks
+
+SMALL = {"device": "cpu", "val_episodes": 0, "val_every": 100_000, "seed": 0, "way": 2,
+         "train_shot": 3, "memory_slots": 16, "controller_size": 100, "optimizer": "adam",
+         "lr": 3e-3, "meta_batch": 16, "episodes": 16 * 1500}
+
+
+@pytest.mark.slow
+def test_short_training_binds_images_to_labels(omniglot_root, tmp_path):
+    config = resolve_config("mann", MemoryAugmentedNetworks.defaults, {}, SMALL, {})
+    run, state = train("mann", config, out=tmp_path / "mann", root=str(omniglot_root),
+                       report=lambda message: None, show_progress=False)
+    assert state.step == 1500
+    result = evaluate_run(run.path, episodes=200, way=2, shot=1, root=str(omniglot_root))
+    assert (result.way, result.shot, result.episodes) == (2, 1, 200)
+    # Chance is 50%; the untrained model scores 50.6% here, this run 74.0% when written.
+    assert result.mean > 0.62, result

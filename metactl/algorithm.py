@@ -162,6 +162,8 @@ class Algorithm:
             methods whose model is not tied to images, ``"regression"``.
         test_steps_setting: the hyperparameter holding the number of inner gradient steps at
             test time, for ``metactl evaluate --steps``; ``None`` when there are none.
+        learns_from_sequences: whether the algorithm implements :meth:`sequence_logits`, so
+            that ``metactl evaluate --positions`` can score it by instance position (MANN).
     """
 
     name: ClassVar[str] = ""
@@ -175,6 +177,7 @@ class Algorithm:
     adapts_with_gradients: ClassVar[bool] = False
     tasks: ClassVar[tuple[str, ...]] = ("classification",)
     test_steps_setting: ClassVar[str | None] = None
+    learns_from_sequences: ClassVar[bool] = False
 
     def __init__(self, hparams: Mapping[str, Any]) -> None:
         self.hparams = dict(hparams)
@@ -204,6 +207,19 @@ class Algorithm:
             float, (tasks, queries, way).
         """
         raise NotImplementedError(f"{type(self).__name__} must implement logits")
+
+    def sequence_logits(self, model: nn.Module, sequence: LabelledImages) -> Tensor:
+        """For online learners: class scores of a labelled sequence presented in order, each
+        label shown one step after its image, so step t is predicted from the t labelled images
+        before it (Santoro et al. 2016).
+
+        Args:
+            sequence: images (tasks, steps, channels, height, width), labels (tasks, steps).
+
+        Returns:
+            float, (tasks, steps, way).
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not learn from sequences")
 
     def loss(self, model: nn.Module, batch: TaskBatch) -> StepResult:
         """The meta-objective on a batch of tasks: query cross-entropy after adaptation (mean

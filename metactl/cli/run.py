@@ -68,6 +68,9 @@ def evaluate(
     plot: Annotated[Path | None, _option("Sinusoid runs: plot one test task's curve and the "
                                          "predictions after each number of steps.",
                                          "--plot")] = None,
+    positions: Annotated[str | None, _option("Online learners (mann): accuracy by instance "
+                                             "position on fixed labelled sequences, e.g. "
+                                             "1,2,3,4,5,10 or paper.", "--positions")] = None,
     device: DeviceOption = None,
     root: RootOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
@@ -75,6 +78,10 @@ def evaluate(
     """Mean test accuracy (or regression error) with its 95% CI over fixed episodes."""
     from metactl.engine.session import evaluate_and_record, parse_steps, plot_sinusoid
 
+    if positions is not None:
+        _evaluate_positions(run, positions, episodes=episodes, way=way, split=split, seed=seed,
+                            device=device, root=root, as_json=as_json)
+        return
     step_counts = parse_steps(steps)
     results = [evaluate_and_record(run, episodes=episodes, way=way, shot=shot, query=query,
                                    split=split, episode_file=episode_file, seed=seed,
@@ -95,6 +102,20 @@ def evaluate(
         typer.echo(f"{task} {result.split}{setting}: {result.describe()} "
                    f"(95% CI, {result.episodes} episodes, {result.query} queries per "
                    f"{'class' if result.metric == 'accuracy' else 'task'})")
+
+
+def _evaluate_positions(run: Path, text: str, *, as_json: bool, **options) -> None:
+    from metactl.engine.sequences import parse_positions
+    from metactl.engine.session import evaluate_positions_and_record
+
+    result = evaluate_positions_and_record(run, parse_positions(text), **options)
+    if as_json:
+        print_json(result.to_json())
+        return
+    typer.echo(f"{result.way}-way sequences of {result.instances} images per class, "
+               f"{result.split} (95% CI, {result.episodes} episodes):")
+    for line in result.lines():
+        typer.echo(f"  {line}")
 
 
 def predict(

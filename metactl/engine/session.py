@@ -56,6 +56,17 @@ def evaluate_and_record(run_path: Path, **options: Any):
     return result
 
 
+def evaluate_positions_and_record(run_path: Path, positions: tuple[int, ...], **options: Any):
+    """Accuracy by instance position, saved as ``evaluation-<split>-<way>way-positions.json``."""
+    from metactl.engine.sequences import evaluate_positions
+
+    result = evaluate_positions(run_path, positions, **options)
+    name = f"evaluation-{result.split}-{result.way}way-positions.json"
+    write_text_atomic(RunFolder(Path(run_path)).path / name,
+                      json.dumps(result.to_json(), indent=2) + "\n")
+    return result
+
+
 def parse_steps(text: str | None) -> list[int | None]:
     """``"0,1,10"`` -> ``[0, 1, 10]``; no text -> ``[None]`` (the algorithm's own setting)."""
     if not text:

@@ -1,0 +1,37 @@
+"""MetaNet learns on real Omniglot in a short CPU run.
+
+The network keeps the Omniglot layout (five conv blocks and a fully connected layer, all
+augmented, m and d of 20 units) with 16 filters instead of 64, so that a step takes about 0.15 s
+on one CPU thread, and Adam's learning rate is 3e-3 instead of 1e-3 so that the fast weights
+start to depend on the support set within the run (before that, attention over the memory is
+uniform and accuracy is chance). It trains on 200 episodes (5-way 1-shot, 10 queries per class),
+then is evaluated on 100 fixed 5-way 1-shot test episodes (chance: 20%).
+
+Measured when written: 62.3% (+- 2.4) after 200 episodes, 21.5% after 1; 30 s of training and
+8 s of evaluation with one thread. The threshold, 40%, is twice chance.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from metactl.engine.config import resolve_config
+from metactl.engine.evaluator import evaluate_run
+from metactl.engine.trainer import train
+from metactl.plugins import get_registry
+
+SETTINGS = {"device": "cpu", "val_episodes": 0, "val_every": 100_000, "seed": 0,
+            "episodes": 200, "hidden": 16, "lr": 3e-3}
+
+
+@pytest.mark.slow
+def test_short_training_beats_chance(omniglot_root, tmp_path):
+    algorithm = get_registry().get("metanet")
+    config = resolve_config("metanet", algorithm.defaults, {}, SETTINGS, {})
+    assert (config["augmented_layers"], config["train_query"]) == (6, 10)
+    run, state = train("metanet", config, out=tmp_path / "metanet", root=str(omniglot_root),
+                       report=lambda message: None, show_progress=False)
+    assert state.step == 200
+    result = evaluate_run(run.path, episodes=100, way=5, shot=1, root=str(omniglot_root))
+    assert (result.way, result.shot, result.episodes) == (5, 1, 100)
+    assert result.mean > 0.40, result

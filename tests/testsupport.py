@@ -27,3 +27,15 @@ def run_metactl(*arguments: str, env: dict[str, str] | None = None, timeout: flo
     """Run the real ``metactl`` command and capture its output."""
     return subprocess.run([metactl_executable(), *arguments], capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=timeout, cwd=cwd)
+
+
+def train_briefly(name: str, settings: dict, root: Path, out: Path):
+    """Train ``name`` quietly with ``settings`` over its defaults; returns (config, run, state)."""
+    from metactl.engine.config import resolve_config
+    from metactl.engine.trainer import train
+    from metactl.plugins import get_registry
+
+    config = resolve_config(name, get_registry().get(name).defaults, {}, settings, {})
+    run, state = train(name, config, out=out, root=str(root), report=lambda message: None,
+                       show_progress=False)
+    return config, run, state

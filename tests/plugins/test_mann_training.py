@@ -10,11 +10,9 @@ queries, so no label-counting strategy can beat chance: only reading the memory 
 from __future__ import annotations
 
 import pytest
+from testsupport import train_briefly
 
-from metactl.engine.config import resolve_config
 from metactl.engine.evaluator import evaluate_run
-from metactl.engine.trainer import train
-from metactl_plugins.mann import MemoryAugmentedNetworks
 
 SMALL = {"device": "cpu", "val_episodes": 0, "val_every": 100_000, "seed": 0, "way": 2,
          "train_shot": 3, "memory_slots": 16, "controller_size": 100, "optimizer": "adam",
@@ -23,9 +21,7 @@ SMALL = {"device": "cpu", "val_episodes": 0, "val_every": 100_000, "seed": 0, "w
 
 @pytest.mark.slow
 def test_short_training_binds_images_to_labels(omniglot_root, tmp_path):
-    config = resolve_config("mann", MemoryAugmentedNetworks.defaults, {}, SMALL, {})
-    run, state = train("mann", config, out=tmp_path / "mann", root=str(omniglot_root),
-                       report=lambda message: None, show_progress=False)
+    _, run, state = train_briefly("mann", SMALL, omniglot_root, tmp_path / "mann")
     assert state.step == 1500
     result = evaluate_run(run.path, episodes=200, way=2, shot=1, root=str(omniglot_root))
     assert (result.way, result.shot, result.episodes) == (2, 1, 200)

@@ -14,11 +14,9 @@ Measured when written: 62.3% (+- 2.4) after 200 episodes, 21.5% after 1; 30 s of
 from __future__ import annotations
 
 import pytest
+from testsupport import train_briefly
 
-from metactl.engine.config import resolve_config
 from metactl.engine.evaluator import evaluate_run
-from metactl.engine.trainer import train
-from metactl.plugins import get_registry
 
 SETTINGS = {"device": "cpu", "val_episodes": 0, "val_every": 100_000, "seed": 0,
             "episodes": 200, "hidden": 16, "lr": 3e-3}
@@ -26,11 +24,8 @@ SETTINGS = {"device": "cpu", "val_episodes": 0, "val_every": 100_000, "seed": 0,
 
 @pytest.mark.slow
 def test_short_training_beats_chance(omniglot_root, tmp_path):
-    algorithm = get_registry().get("metanet")
-    config = resolve_config("metanet", algorithm.defaults, {}, SETTINGS, {})
+    config, run, state = train_briefly("metanet", SETTINGS, omniglot_root, tmp_path / "metanet")
     assert (config["augmented_layers"], config["train_query"]) == (6, 10)
-    run, state = train("metanet", config, out=tmp_path / "metanet", root=str(omniglot_root),
-                       report=lambda message: None, show_progress=False)
     assert state.step == 200
     result = evaluate_run(run.path, episodes=100, way=5, shot=1, root=str(omniglot_root))
     assert (result.way, result.shot, result.episodes) == (5, 1, 100)

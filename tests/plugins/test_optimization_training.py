@@ -9,11 +9,9 @@ loop, measured at 36% (MAML), 36% (first-order MAML), 41% (Reptile, 20 test step
 from __future__ import annotations
 
 import pytest
+from testsupport import train_briefly
 
-from metactl.engine.config import resolve_config
 from metactl.engine.evaluator import evaluate_run
-from metactl.engine.trainer import train
-from metactl.plugins import get_registry
 
 QUICK = {"device": "cpu", "val_episodes": 0, "val_every": 100_000, "seed": 0}
 
@@ -31,10 +29,8 @@ RUNS = [
 @pytest.mark.parametrize(("name", "settings", "threshold"), RUNS)
 def test_short_training_beats_the_untrained_model(omniglot_root, tmp_path, name, settings,
                                                    threshold):
-    algorithm = get_registry().get(name)
-    config = resolve_config(name, algorithm.defaults, {}, {**QUICK, **settings}, {})
-    run, state = train(name, config, out=tmp_path / name, root=str(omniglot_root),
-                       report=lambda message: None, show_progress=False)
+    config, run, state = train_briefly(name, {**QUICK, **settings}, omniglot_root,
+                                       tmp_path / name)
     assert state.step == config["episodes"] // config["meta_batch"]
     result = evaluate_run(run.path, episodes=100, way=5, shot=1, root=str(omniglot_root))
     assert (result.way, result.shot, result.episodes) == (5, 1, 100)

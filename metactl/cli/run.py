@@ -79,6 +79,8 @@ def evaluate(
     from metactl.engine.session import evaluate_and_record, parse_steps, plot_sinusoid
 
     if positions is not None:
+        _refuse_with_positions(shot=shot, query=query, episode_file=episode_file, steps=steps,
+                               plot=plot)
         _evaluate_positions(run, positions, episodes=episodes, way=way, split=split, seed=seed,
                             device=device, root=root, as_json=as_json)
         return
@@ -102,6 +104,16 @@ def evaluate(
         typer.echo(f"{task} {result.split}{setting}: {result.describe()} "
                    f"(95% CI, {result.episodes} episodes, {result.query} queries per "
                    f"{'class' if result.metric == 'accuracy' else 'task'})")
+
+
+def _refuse_with_positions(**options) -> None:
+    from metactl.errors import UsageError
+
+    given = [f"--{name.replace('_', '-')}" for name, value in options.items() if value is not None]
+    if given:
+        raise UsageError(f"--positions does not combine with {', '.join(given)}",
+                         "sequences have max(positions) images per class and no queries; drop "
+                         "those options")
 
 
 def _evaluate_positions(run: Path, text: str, *, as_json: bool, **options) -> None:

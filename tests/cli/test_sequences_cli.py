@@ -63,3 +63,6 @@ def test_positions_need_an_online_learner(omniglot_root, tmp_path):
     assert "does not learn from labelled sequences" in result.stderr
     bad = run_metactl("evaluate", str(run), "--positions", "0,3", env=env)
     assert bad.returncode != 0 and "start at 1" in bad.stderr
+    mixed = run_metactl("evaluate", str(run), "--positions", "1,2", "--shot", "5", env=env)
+    assert mixed.returncode != 0 and "does not combine with --shot" in mixed.stderr
+    assert "Traceback" not in mixed.stderr

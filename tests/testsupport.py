@@ -39,3 +39,36 @@ def train_briefly(name: str, settings: dict, root: Path, out: Path):
     run, state = train(name, config, out=out, root=str(root), report=lambda message: None,
                        show_progress=False)
     return config, run, state
+
+
+def float64_task_batch(tasks: int, way: int, shot: int, query: int, side: int, seed: int = 0):
+    """Random float64 tasks of 1-channel ``side``-px images, labels in class order: for exact
+    comparisons of an inner loop with its plain PyTorch reference."""
+    import torch
+
+    from metactl.data.episodes import TaskBatch
+
+    generator = torch.Generator().manual_seed(seed)
+    support = torch.rand(tasks, way * shot, 1, side, side, generator=generator,
+                         dtype=torch.float64)
+    queries = torch.rand(tasks, way * query, 1, side, side, generator=generator,
+                         dtype=torch.float64)
+    return TaskBatch(support, torch.arange(way).repeat_interleave(shot).repeat(tasks, 1),
+                     queries, torch.arange(way).repeat_interleave(query).repeat(tasks, 1),
+                     torch.zeros(tasks, way, dtype=torch.long), way, shot, query)
+
+
+def train_plainly(module, images, labels, steps: int, lr: float, optimizer: str = "sgd"):
+    """The reference inner loop: ``steps`` full-batch cross-entropy steps of torch.optim on
+    ``module`` in place (Adam with beta1 = 0, as Reptile uses it, or SGD); returns it."""
+    import torch
+
+    if optimizer == "adam":
+        inner = torch.optim.Adam(module.parameters(), lr=lr, betas=(0.0, 0.999), eps=1e-8)
+    else:
+        inner = torch.optim.SGD(module.parameters(), lr=lr)
+    for _ in range(steps):
+        inner.zero_grad()
+        torch.nn.functional.cross_entropy(module(images), labels).backward()
+        inner.step()
+    return module

@@ -8,6 +8,7 @@ import weakref
 
 import pytest
 import torch
+from testsupport import train_plainly
 from torch import nn
 from torch.func import functional_call
 
@@ -216,15 +217,7 @@ def reptile_reference(model, support, steps, lr, optimizer):
         copy = small_learner()
         copy.load_state_dict(model.state_dict())
         copy.train()
-        if optimizer == "adam":
-            inner = torch.optim.Adam(copy.parameters(), lr=lr, betas=(0.0, 0.999), eps=1e-8)
-        else:
-            inner = torch.optim.SGD(copy.parameters(), lr=lr)
-        for _ in range(steps):
-            inner.zero_grad()
-            nn.functional.cross_entropy(copy(support.images[task]),
-                                        support.labels[task]).backward()
-            inner.step()
+        train_plainly(copy, support.images[task], support.labels[task], steps, lr, optimizer)
         results.append({k: v.detach().clone() for k, v in copy.named_parameters()})
     return {k: torch.stack([r[k] for r in results]) for k in results[0]}
 

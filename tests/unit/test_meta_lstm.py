@@ -6,10 +6,10 @@ import math
 
 import pytest
 import torch
+from testsupport import float64_task_batch, train_plainly
 from torch import nn
 
-from metactl.algorithm import LabelledImages, ModelSpec
-from metactl.data.episodes import TaskBatch
+from metactl.algorithm import ModelSpec, support_of
 from metactl.engine.config import resolve_config
 from metactl_plugins.meta_lstm import MetaLearnerLSTM
 
@@ -27,16 +27,7 @@ def build(algorithm, seed=0):
 
 
 def task_batch(tasks=2, way=3, shot=2, query=3, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    support = torch.rand(tasks, way * shot, 1, 16, 16, generator=generator, dtype=torch.float64)
-    queries = torch.rand(tasks, way * query, 1, 16, 16, generator=generator, dtype=torch.float64)
-    return TaskBatch(support, torch.arange(way).repeat_interleave(shot).repeat(tasks, 1),
-                     queries, torch.arange(way).repeat_interleave(query).repeat(tasks, 1),
-                     torch.zeros(tasks, way, dtype=torch.long), way, shot, query)
-
-
-def support_of(batch):
-    return LabelledImages(batch.support_images, batch.support_labels, batch.way)
+    return float64_task_batch(tasks, way, shot, query, side=16, seed=seed)
 
 
 def pin_gates(model, lr):
@@ -58,13 +49,8 @@ def sgd_reference(model, batch, task, steps, lr):
         if isinstance(module, nn.BatchNorm2d):
             module.reset_running_stats()
     learner.train()
-    optimizer = torch.optim.SGD(learner.parameters(), lr=lr)
-    for _ in range(steps):
-        optimizer.zero_grad()
-        nn.functional.cross_entropy(learner(batch.support_images[task]),
-                                    batch.support_labels[task]).backward()
-        optimizer.step()
-    return learner
+    return train_plainly(learner, batch.support_images[task], batch.support_labels[task], steps,
+                         lr)
 
 
 def test_pinned_gates_reproduce_plain_sgd():

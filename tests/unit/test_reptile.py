@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
+from testsupport import float64_task_batch, train_plainly
 
 from metactl.algorithm import ModelSpec
-from metactl.data.episodes import TaskBatch
 from metactl.engine.config import resolve_config
 from metactl.errors import UsageError
 from metactl_plugins.reptile import Reptile
@@ -21,12 +20,7 @@ def make_algorithm(**overrides):
 
 
 def task_batch(tasks=3, way=3, shot=2, query=0, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    support = torch.rand(tasks, way * shot, 1, 14, 14, generator=generator, dtype=torch.float64)
-    queries = torch.rand(tasks, way * query, 1, 14, 14, generator=generator, dtype=torch.float64)
-    return TaskBatch(support, torch.arange(way).repeat_interleave(shot).repeat(tasks, 1),
-                     queries, torch.arange(way).repeat_interleave(query).repeat(tasks, 1),
-                     torch.zeros(tasks, way, dtype=torch.long), way, shot, query)
+    return float64_task_batch(tasks, way, shot, query, side=14, seed=seed)
 
 
 def build(algorithm):
@@ -38,15 +32,7 @@ def train_copy(model, images, labels, steps, lr, optimizer):
     """One task trained the ordinary way, with torch.optim on a copy of the model."""
     copy = build(make_algorithm())
     copy.load_state_dict(model.state_dict())
-    if optimizer == "adam":
-        inner = torch.optim.Adam(copy.parameters(), lr=lr, betas=(0.0, 0.999), eps=1e-8)
-    else:
-        inner = torch.optim.SGD(copy.parameters(), lr=lr)
-    for _ in range(steps):
-        inner.zero_grad()
-        nn.functional.cross_entropy(copy(images), labels).backward()
-        inner.step()
-    return copy
+    return train_plainly(copy, images, labels, steps, lr, optimizer)
 
 
 def outer_step(algorithm, model, batch):

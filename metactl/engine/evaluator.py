@@ -108,7 +108,6 @@ def evaluate_run(run_path: Path, *, episodes: int | None = None, way: int | None
     ``inner_steps`` replaces the algorithm's number of inner gradient steps at test time."""
     from metactl.data.episodes import EpisodeSet
     from metactl.data.manage import draw_episodes, open_split
-    from metactl.engine.device import placement_for
     from metactl.engine.run import load_trained
     from metactl.errors import UsageError
 
@@ -136,8 +135,7 @@ def evaluate_run(run_path: Path, *, episodes: int | None = None, way: int | None
     if episode_set.size != trained.image_shape[1]:
         raise UsageError(f"the episodes are {episode_set.size}px images, the run was trained on "
                          f"{trained.image_shape[1]}px", "use episodes of the run's image size")
-    placement = placement_for({**config, "device": device or config["device"]},
-                              trained.algorithm.device)
+    placement = trained.placement(device)
     data = open_split(episode_set.dataset, episode_set.split, root=root,
                       scheme=episode_set.scheme, size=episode_set.size).to(placement.device)
     return evaluate_episodes(trained.algorithm, trained.model, data, episode_set, placement)
@@ -156,9 +154,6 @@ def sinusoid_test_tasks(config: dict[str, Any], episodes: int | None, shot: int 
 
 
 def _evaluate_sinusoid(trained, *, episodes, shot, query, seed, device) -> EvaluationResult:
-    from metactl.engine.device import placement_for
-
-    placement = placement_for({**trained.config, "device": device or trained.config["device"]},
-                              trained.algorithm.device)
+    placement = trained.placement(device)
     batches = sinusoid_test_tasks(trained.config, episodes, shot, query, seed, placement.device)
     return evaluate_regression(trained.algorithm, trained.model, batches, placement, "test")

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from metactl.algorithm import Algorithm
+    from metactl.engine.device import Placement
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,13 @@ class TrainedModel:
     model: nn.Module
     image_shape: tuple[int, int, int]
     checkpoint: dict[str, Any]
+
+    def placement(self, device: str | None = None) -> Placement:
+        """Where to evaluate or predict: ``device``, else the run's own device setting."""
+        from metactl.engine.device import placement_for
+
+        return placement_for({**self.config, "device": device or self.config["device"]},
+                             self.algorithm.device)
 
 
 def load_trained(path: str | Path, device: str | None = None) -> TrainedModel:

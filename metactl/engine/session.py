@@ -83,7 +83,6 @@ def parse_steps(text: str | None) -> list[int | None]:
 
 def plot_sinusoid(run_path: Path, steps: list[int | None], output: Path, *, shot: int | None,
                   seed: int | None, device: str | None) -> Path:
-    from metactl.engine.device import placement_for
     from metactl.engine.run import load_trained
     from metactl.engine.sinusoid_report import plot_one_task
 
@@ -92,6 +91,5 @@ def plot_sinusoid(run_path: Path, steps: list[int | None], output: Path, *, shot
         raise UsageError("--plot draws sinusoid tasks, and this run is not on sinusoid",
                          "drop --plot, or evaluate a run trained with --dataset sinusoid")
     counts = [0, *sorted({count for count in steps if count})] if steps != [None] else [0, 1]
-    placement = placement_for({**trained.config, "device": device or trained.config["device"]},
-                              trained.algorithm.device)
+    placement = trained.placement(device)
     return plot_one_task(trained, counts, output, shot=shot, seed=seed, device=placement.device)

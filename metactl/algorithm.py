@@ -87,6 +87,12 @@ class LabelledImages:
     def tasks(self) -> int:
         return self.images.shape[0]
 
+    def reordered(self, order: Tensor) -> LabelledImages:
+        """Each task's images and labels permuted by ``order``, int64 (tasks, images)."""
+        index = order.view(*order.shape, *([1] * (self.images.dim() - 2)))
+        return LabelledImages(self.images.gather(1, index.expand_as(self.images)),
+                              self.labels.gather(1, order), self.way)
+
 
 def support_of(batch: TaskBatch) -> LabelledImages:
     return LabelledImages(batch.support_images, batch.support_labels, batch.way)

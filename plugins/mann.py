@@ -53,13 +53,6 @@ def presentation_order(labels: Tensor, training: bool) -> Tensor:
     return keys.argsort(dim=-1)
 
 
-def in_order(examples: LabelledImages, order: Tensor) -> LabelledImages:
-    """The examples of each task permuted by ``order`` (T, S)."""
-    index = order.view(*order.shape, *([1] * (examples.images.dim() - 2)))
-    images = examples.images.gather(1, index.expand_as(examples.images))
-    return LabelledImages(images, examples.labels.gather(1, order), examples.way)
-
-
 def key_strength(value: object) -> float | str:
     from metactl.errors import UsageError
 
@@ -135,10 +128,17 @@ class MemoryAugmentedNetworks(Algorithm):
             usage_decay=float(hparams["usage_decay"]),
             key_strength=key_strength(hparams["key_strength"]))
 
+    def present(self, model: nn.Module, support: LabelledImages
+                ) -> tuple[LabelledImages, Tensor, MemoryState]:
+        """Show the support set in random order: the sequence shown, its scores (T, S, L) and
+        the state after it."""
+        sequence = support.reordered(presentation_order(support.labels, model.training))
+        scores, state = model.run_sequence(flat(sequence.images), sequence.labels)
+        return sequence, scores, state
+
     def adapt(self, model: nn.Module, support: LabelledImages) -> TaskMemory:
         """Present the support set in random order; the state after it, (T, ...)."""
-        sequence = in_order(support, presentation_order(support.labels, model.training))
-        _, state = model.run_sequence(flat(sequence.images), sequence.labels)
+        _, _, state = self.present(model, support)
         return TaskMemory(state, support.way)
 
     def logits(self, model: nn.Module, state: TaskMemory, query_images: Tensor) -> Tensor:
@@ -153,9 +153,7 @@ class MemoryAugmentedNetworks(Algorithm):
         answered after it when there are any."""
         import torch
 
-        support = support_of(batch)
-        sequence = in_order(support, presentation_order(support.labels, model.training))
-        scores, state = model.run_sequence(flat(sequence.images), sequence.labels)
+        sequence, scores, state = self.present(model, support_of(batch))
         outputs, labels = scores[..., :batch.way], sequence.labels
         if batch.query_labels.shape[1]:
             answers = model.answer(state, flat(batch.query_images))[..., :batch.way]

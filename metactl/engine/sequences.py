@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from metactl.algorithm import LabelledImages
+from metactl.algorithm import support_of
 from metactl.engine.evaluator import TASKS_PER_BATCH, confidence_interval
 from metactl.errors import UsageError
 
@@ -104,13 +104,11 @@ def sequence_accuracies(algorithm: Algorithm, model: torch.nn.Module, split: Spl
         for start, batch in zip(range(0, episodes.episodes, TASKS_PER_BATCH),
                                 episodes.batches(split, TASKS_PER_BATCH), strict=True):
             order = orders[start:start + batch.tasks].to(batch.support_labels.device)
-            index = order.view(*order.shape, 1, 1, 1).expand_as(batch.support_images)
-            labels = batch.support_labels.gather(1, order)
-            sequence = LabelledImages(batch.support_images.gather(1, index), labels, batch.way)
+            sequence = support_of(batch).reordered(order)
             scores = algorithm.sequence_logits(model, sequence)
-            correct = (scores.argmax(-1) == labels).cpu()
-            results.append(accuracy_at_positions(correct, instance_numbers(labels, batch.way)
-                                                 .cpu(), positions))
+            correct = (scores.argmax(-1) == sequence.labels).cpu()
+            instances = instance_numbers(sequence.labels, batch.way).cpu()
+            results.append(accuracy_at_positions(correct, instances, positions))
     return torch.cat(results)
 
 
@@ -120,7 +118,6 @@ def evaluate_positions(run_path: Path, positions: tuple[int, ...], *, episodes: 
     """Evaluate a run of an online learner on fixed sequences of ``way`` classes with
     ``max(positions)`` images each."""
     from metactl.data.manage import draw_episodes, open_split
-    from metactl.engine.device import placement_for
     from metactl.engine.run import load_trained
 
     trained = load_trained(run_path, device)
@@ -138,7 +135,7 @@ def evaluate_positions(run_path: Path, positions: tuple[int, ...], *, episodes: 
         config["dataset"], split=split, way=way or int(config["way"]), shot=instances, query=0,
         episodes=episodes or int(config["eval_episodes"]), seed=seed, root=root,
         scheme=config["scheme"], size=trained.image_shape[1])
-    placement = placement_for({**config, "device": device or config["device"]}, algorithm.device)
+    placement = trained.placement(device)
     data = open_split(episode_set.dataset, split, root=root, scheme=episode_set.scheme,
                       size=episode_set.size).to(placement.device)
     orders = presentation_orders(episode_set.episodes, episode_set.way * instances, seed)

@@ -16,7 +16,7 @@ from metactl.nn.mann import (
     write,
     write_weights,
 )
-from metactl_plugins.mann import MemoryAugmentedNetworks, in_order
+from metactl_plugins.mann import MemoryAugmentedNetworks
 
 
 def small_network(**options) -> MemoryAugmentedNetwork:
@@ -116,6 +116,6 @@ def test_adapt_presents_the_support_set_in_a_fixed_order_outside_training():
     first, second = algorithm.adapt(model, support), algorithm.adapt(model, support)
     assert torch.equal(first.state.memory, second.state.memory)
     order = torch.tensor([[5, 4, 3, 2, 1, 0]] * 2)
-    reordered = in_order(support, order)
+    reordered = support.reordered(order)
     assert torch.equal(reordered.labels[0], torch.tensor([2, 2, 1, 1, 0, 0]))
     assert torch.equal(reordered.images[1, 0], support.images[1, 5])

@@ -66,6 +66,17 @@ class SplitData:
         name = self.class_names[stored]
         return name if len(self.rotations) == 1 else f"{name}/rot{self.rotations[turn]:03d}"
 
+    def joined(self, other: SplitData, name: str) -> SplitData:
+        """This split's classes followed by ``other``'s, as one split called ``name`` (train and
+        val joined to train a final model on both, as Vinyals et al. and Snell et al. did)."""
+        if self.rotations != other.rotations or self.images.shape[1:] != other.images.shape[1:]:
+            raise DataError(f"splits {self.name!r} and {other.name!r} hold different images",
+                            "rebuild the store with `metactl data preprocess`")
+        offsets = torch.cat([self.offsets[:-1], other.offsets + self.offsets[-1]])
+        return SplitData(torch.cat([self.images, other.images]), offsets,
+                         self.class_names + other.class_names, self.rotations, name,
+                         self.fingerprint)
+
     def to(self, device: torch.device | str) -> SplitData:
         return SplitData(self.images.to(device), self.offsets.to(device), self.class_names,
                          self.rotations, self.name, self.fingerprint)

@@ -26,6 +26,7 @@ ENGINE_DEFAULTS: dict[str, Any] = {
     "train_way": None,
     "train_shot": None,
     "train_query": None,
+    "train_split": "train",
     "episodes": 10000,
     "meta_batch": 1,
     "optimizer": "adam",
@@ -63,6 +64,8 @@ ENGINE_HELP = {
     "train_way": "classes per training task (default: way)",
     "train_shot": "support images per class in training (default: shot)",
     "train_query": "query images per class in training (default: query)",
+    "train_split": "train, or trainval: train on the train and val classes together (no "
+                   "validation), as papers do for their final models",
     "episodes": "training tasks in all (steps = episodes / meta_batch)",
     "optimizer": "outer optimizer: adam, sgd or rmsprop",
     "lr": "outer learning rate",
@@ -85,6 +88,7 @@ ENGINE_HELP = {
 }
 
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
+TRAIN_SPLITS = ("train", "trainval")
 
 
 def _matching_default_keys(dataset: str, way: int, shot: int) -> list[str]:
@@ -193,6 +197,9 @@ def _check_config(config: dict[str, Any]) -> None:
     if config["optimizer"] not in OPTIMIZERS:
         raise UsageError(f"unknown optimizer {config['optimizer']!r}",
                          f"use one of {', '.join(OPTIMIZERS)}")
+    if config["train_split"] not in TRAIN_SPLITS:
+        raise UsageError(f"unknown train_split {config['train_split']!r}",
+                         f"use one of {', '.join(TRAIN_SPLITS)}")
     if config["device"] not in ("auto", "cpu", "cuda") and not str(config["device"]).startswith(
             "cuda:"):
         raise UsageError(f"unknown device {config['device']!r}", "use auto, cpu or cuda")

@@ -11,6 +11,7 @@ from metactl.algorithm import Algorithm, ModelSpec
 from metactl.data.episodes import EpisodeSampler, EpisodeSet, SplitData, TaskBatch, check_task_shape
 from metactl.engine.device import Placement
 from metactl.engine.evaluator import EvaluationResult, evaluate_episodes, evaluate_regression
+from metactl.errors import UsageError
 
 Report = Any
 SYNTHETIC_DATASETS = ("sinusoid",)
@@ -108,8 +109,14 @@ def load_tasks(config: dict[str, Any], device: torch.device, mirror: str | None,
     scheme = card.split_scheme(config["scheme"])
     size = int(config["size"] or card.geometry.default_size)
     train = open_split(card.name, "train", root=root, scheme=scheme.name, size=size, fetch=True,
-                       mirror=mirror, report=report).to(device)
+                       mirror=mirror, report=report)
     val = None
     if "val" in scheme.split_names:
-        val = open_split(card.name, "val", root=root, scheme=scheme.name, size=size).to(device)
-    return ImageTasks(config, train, val, card.geometry.invert, scheme.name, size)
+        val = open_split(card.name, "val", root=root, scheme=scheme.name, size=size)
+    if config["train_split"] == "trainval":
+        if val is None:
+            raise UsageError(f"the {scheme.name} split of {card.name} has no val classes to "
+                             "train on", "drop --set train_split=trainval")
+        train, val = train.joined(val, "trainval"), None
+    return ImageTasks(config, train.to(device), None if val is None else val.to(device),
+                      card.geometry.invert, scheme.name, size)

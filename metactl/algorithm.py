@@ -94,6 +94,37 @@ class LabelledImages:
                               self.labels.gather(1, order), self.way)
 
 
+@dataclass(frozen=True)
+class PaperResult:
+    """One figure of the paper's results table, and the training protocol behind it.
+
+    Attributes:
+        dataset, way, shot: the test setting.
+        accuracy: the paper's mean test accuracy, in percent.
+        protocol: the key of :attr:`Algorithm.paper_protocols` whose trained model the paper
+            evaluated on this setting (one model is often evaluated on several settings).
+        ci95: the half-width of the paper's 95% interval, in percent, where it gives one.
+        source: where the figure is printed, e.g. ``"Table 1"``.
+        tolerance: how many points apart ours and the paper's may be and still "match".
+        note: anything a reader must know to compare, e.g. ``"transductive"``.
+    """
+
+    dataset: str
+    way: int
+    shot: int
+    accuracy: float
+    protocol: str
+    ci95: float | None = None
+    source: str = ""
+    tolerance: float = 0.5
+    note: str = ""
+
+    @property
+    def setting(self) -> str:
+        """The short name users select it by: ``5w1s``."""
+        return f"{self.way}w{self.shot}s"
+
+
 def support_of(batch: TaskBatch) -> LabelledImages:
     return LabelledImages(batch.support_images, batch.support_labels, batch.way)
 
@@ -170,6 +201,11 @@ class Algorithm:
             test time, for ``metactl evaluate --steps``; ``None`` when there are none.
         learns_from_sequences: whether the algorithm implements :meth:`sequence_logits`, so
             that ``metactl evaluate --positions`` can score it by instance position (MANN).
+        paper_protocols: the paper's training protocols as data, by name: the settings that
+            ``metactl train`` needs on top of the algorithm's defaults to train the model the
+            paper evaluated (``{"omniglot-1shot": {"dataset": "omniglot", "shot": 1, ...}}``).
+        paper_results: the paper's results table, one :class:`PaperResult` per figure, each
+            naming its protocol; ``metactl reproduce`` trains, evaluates and compares them.
     """
 
     name: ClassVar[str] = ""
@@ -184,6 +220,8 @@ class Algorithm:
     tasks: ClassVar[tuple[str, ...]] = ("classification",)
     test_steps_setting: ClassVar[str | None] = None
     learns_from_sequences: ClassVar[bool] = False
+    paper_protocols: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+    paper_results: ClassVar[tuple[PaperResult, ...]] = ()
 
     def __init__(self, hparams: Mapping[str, Any]) -> None:
         self.hparams = dict(hparams)

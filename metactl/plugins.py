@@ -93,6 +93,12 @@ def _check_algorithm(algorithm: type[Algorithm]) -> None:
     if algorithm.family not in FAMILIES:
         raise PluginError(f"algorithm {algorithm.name!r} has family {algorithm.family!r}",
                           f"use one of {', '.join(FAMILIES)}")
+    for result in algorithm.paper_results:
+        if result.protocol not in algorithm.paper_protocols:
+            raise PluginError(f"algorithm {algorithm.name!r} reports {result.setting} on "
+                              f"{result.dataset} with protocol {result.protocol!r}, which its "
+                              "paper_protocols do not define",
+                              "add the protocol to paper_protocols or fix its name")
 
 
 @dataclass

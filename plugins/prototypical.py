@@ -5,11 +5,20 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from metactl import hookimpl
-from metactl.algorithm import Algorithm, DeviceSettings, LabelledImages, ModelSpec
+from metactl.algorithm import (
+    Algorithm,
+    DeviceSettings,
+    LabelledImages,
+    ModelSpec,
+    PaperResult,
+    StepResult,
+    query_loss,
+)
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
 
+    from metactl.data.episodes import TaskBatch
     from metactl.plugins import AlgorithmRegistry
 
 
@@ -59,6 +68,16 @@ class PrototypicalNetworks(Algorithm):
         "hidden": "channels of each conv block",
         "distance": "squared-euclidean (the paper) or cosine",
     }
+    # Final Omniglot models: 60-way training episodes with 5 queries per class on the 1,200
+    # train + val characters (section 3.1, and the authors' run_trainval.py).
+    paper_protocols = {
+        f"omniglot-{shot}shot": {"dataset": "omniglot", "way": 5, "shot": shot, "train_way": 60,
+                                 "train_query": 5, "episodes": 20000, "train_split": "trainval"}
+        for shot in (1, 5)
+    }
+    paper_results = tuple(
+        PaperResult("omniglot", way, shot, accuracy, f"omniglot-{shot}shot", source="Table 1")
+        for way, shot, accuracy in ((5, 1, 98.8), (5, 5, 99.7), (20, 1, 96.0), (20, 5, 98.9)))
     device = DeviceSettings(channels_last=False)
 
     def build_model(self, spec: ModelSpec) -> nn.Module:
@@ -71,15 +90,33 @@ class PrototypicalNetworks(Algorithm):
 
         return class_means(embed_tasks(model, support.images), support.labels, support.way)
 
+    def loss(self, model: nn.Module, batch: TaskBatch) -> StepResult:
+        """Support and query images embedded in one forward pass, as in the authors' code, so
+        that batch norm normalises them with the same statistics."""
+        import torch
+
+        from metactl.nn.backbones import embed_tasks
+
+        embeddings = embed_tasks(model, torch.cat([batch.support_images, batch.query_images], 1))
+        support_count = batch.support_images.shape[1]
+        prototypes = class_means(embeddings[:, :support_count], batch.support_labels, batch.way)
+        return query_loss(self.scores(embeddings[:, support_count:], prototypes),
+                          batch.query_labels)
+
     def logits(self, model: nn.Module, state: Tensor, query_images: Tensor) -> Tensor:
         from metactl.nn.backbones import embed_tasks
 
-        queries = embed_tasks(model, query_images)
+        return self.scores(embed_tasks(model, query_images), state)
+
+    def scores(self, queries: Tensor, prototypes: Tensor) -> Tensor:
+        """Query embeddings (tasks, queries, dim) and prototypes (tasks, way, dim) ->
+        (tasks, queries, way): negative squared distances, or cosine similarities."""
         if self.hparams["distance"] == "cosine":
             import torch.nn.functional as functional
 
-            return functional.cosine_similarity(queries.unsqueeze(2), state.unsqueeze(1), dim=-1)
-        return -squared_distances(queries, state)
+            return functional.cosine_similarity(queries.unsqueeze(2), prototypes.unsqueeze(1),
+                                                dim=-1)
+        return -squared_distances(queries, prototypes)
 
 
 @hookimpl

@@ -13,8 +13,10 @@ from metactl.errors import UsageError
 
 def start_training(algorithm_name: str | None, cli_values: dict[str, Any],
                    config_file: Path | None, assignments: list[str], *, out: Path | None,
-                   resume: Path | None, root: str | None, mirror: str | None, report):
-    """Resolve the config of a new or resumed run and train it."""
+                   resume: Path | None, root: str | None, mirror: str | None, report,
+                   deadline: float | None = None):
+    """Resolve the config of a new or resumed run and train it (until ``deadline``, a
+    ``time.monotonic()`` value, when given)."""
     from metactl.engine.trainer import train
     from metactl.plugins import get_registry
 
@@ -33,13 +35,14 @@ def start_training(algorithm_name: str | None, cli_values: dict[str, Any],
                              "only --episodes may change (to train longer)")
         config = {**saved, **overrides}
         return train(saved["algorithm"], config, resume=run.path, root=root, mirror=mirror,
-                     report=report)
+                     report=report, deadline=deadline)
     if not algorithm_name:
         raise UsageError("no algorithm given", "run `metactl train ALGORITHM` "
                          "(see `metactl plugins list`) or `metactl train --resume RUN`")
     algorithm = get_registry().get(algorithm_name)
     config = resolve_config(algorithm_name, algorithm.defaults, {}, overrides, {})
-    return train(algorithm_name, config, out=out, root=root, mirror=mirror, report=report)
+    return train(algorithm_name, config, out=out, root=root, mirror=mirror, report=report,
+                 deadline=deadline)
 
 
 def evaluate_and_record(run_path: Path, **options: Any):

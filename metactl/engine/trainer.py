@@ -58,8 +58,9 @@ class Trainer:
 
     def __init__(self, algorithm: Algorithm, config: dict[str, Any], run: RunFolder,
                  report: Report, show_progress: bool = True, mirror: str | None = None,
-                 root: str | None = None) -> None:
+                 root: str | None = None, deadline: float | None = None) -> None:
         self.algorithm, self.config, self.run = algorithm, config, run
+        self.deadline = deadline  # a time.monotonic() value; training stops at the next step
         self.report, self.show_progress = report, show_progress
         self.placement: Placement = placement_for(config, algorithm.device)
         self.tasks: TaskSource = load_tasks(config, self.placement.device, mirror, root, report)
@@ -136,18 +137,23 @@ class Trainer:
                     f"{self.total_steps} steps of {self.config['meta_batch']} tasks) on "
                     f"{self.placement.describe()}; run folder {self.run.path}")
         with self._graceful_interrupt(), self._progress() as advance:
-            while self.state.step < self.total_steps and not self._stop_requested:
+            while (self.state.step < self.total_steps and not self._stop_requested
+                   and not self.out_of_time()):
                 record = self._one_step()
                 advance(record)
                 if self._due(int(self.config["val_every"])):
                     self._validate_and_save()
-        if self._stop_requested:
+        if self.state.step < self.total_steps:
             self.save_last()
-            self.report(f"stopped at step {self.state.step}; continue with "
+            reason = "" if self._stop_requested else " (out of time)"
+            self.report(f"stopped at step {self.state.step}{reason}; continue with "
                         f"`metactl train --resume {self.run.path}`")
         elif self._saved_step != self.state.step:
             self._validate_and_save()
         return self.state
+
+    def out_of_time(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
 
     def _due(self, every: int) -> bool:
         return self.state.step % every == 0 or self.state.step == self.total_steps
@@ -247,8 +253,11 @@ class Trainer:
 
 def train(algorithm_name: str, config: dict[str, Any], *, out: Path | None = None,
           resume: Path | None = None, mirror: str | None = None, root: str | None = None,
-          report: Report = print, show_progress: bool = True) -> tuple[RunFolder, TrainingState]:
-    """Train ``algorithm_name`` with a resolved ``config``; return the run and its final state."""
+          report: Report = print, show_progress: bool = True, deadline: float | None = None
+          ) -> tuple[RunFolder, TrainingState]:
+    """Train ``algorithm_name`` with a resolved ``config``; return the run and its final state.
+    With a ``deadline`` (a ``time.monotonic()`` value), training stops cleanly at the first step
+    boundary after it, saving ``last.pt`` so that ``--resume`` continues."""
     from metactl.plugins import get_registry
 
     algorithm = get_registry().get(algorithm_name)(config)
@@ -257,7 +266,8 @@ def train(algorithm_name: str, config: dict[str, Any], *, out: Path | None = Non
         raise UsageError(f"{run.path} already holds a run",
                          f"resume it with `metactl train --resume {run.path}` "
                          "or pick another --out")
-    trainer = Trainer(algorithm, config, run, report, show_progress, mirror=mirror, root=root)
+    trainer = Trainer(algorithm, config, run, report, show_progress, mirror=mirror, root=root,
+                      deadline=deadline)
     if resume:
         trainer.resume()
     run.write_config(config)

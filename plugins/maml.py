@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from metactl import hookimpl
-from metactl.algorithm import Algorithm, DeviceSettings, LabelledImages, ModelSpec
+from metactl.algorithm import Algorithm, DeviceSettings, LabelledImages, ModelSpec, PaperResult
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -48,6 +48,17 @@ class MAML(Algorithm):
     summary = "learn an initialisation that a few gradient steps adapt to each task"
     paper = PAPER
     first_order: ClassVar[bool] = False
+    # Table 1 of the paper: one model per setting, trained with the defaults for that setting
+    # (5-way: meta-batch 32, one step of 0.4; 20-way: meta-batch 16, five steps of 0.1).
+    paper_protocols = {f"omniglot-{way}w{shot}s": {"dataset": "omniglot", "way": way,
+                                                   "shot": shot, "val_every": 2000}
+                       for way in (5, 20) for shot in (1, 5)}
+    paper_results = tuple(
+        PaperResult("omniglot", way, shot, accuracy, f"omniglot-{way}w{shot}s", ci95=ci95,
+                    source="Table 1", note="MAML evaluates transductively (batch norm on "
+                    "the query batch), as in the paper's code")
+        for way, shot, accuracy, ci95 in ((5, 1, 98.7, 0.4), (5, 5, 99.9, 0.1),
+                                          (20, 1, 95.8, 0.3), (20, 5, 98.9, 0.2)))
     defaults = {
         # The paper's mini-ImageNet settings: 32 filters, max-pooling, 5 steps of 0.01 (10 at
         # test time), 15 queries per class, meta-batch 4, 60000 iterations.

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from metactl import hookimpl
-from metactl.algorithm import Algorithm, DeviceSettings, LabelledImages, ModelSpec
+from metactl.algorithm import Algorithm, DeviceSettings, LabelledImages, ModelSpec, PaperResult
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -64,6 +64,14 @@ class MatchingNetworks(Algorithm):
     summary = "attention over the support set: softmax of cosine similarities, summed per class"
     paper = ("Vinyals, Blundell, Lillicrap, Kavukcuoglu & Wierstra (2016). Matching Networks for "
              "One Shot Learning. NeurIPS.")
+    # Table 1 (no fine-tuning): one model per setting, trained on the 1,200 train + val
+    # characters as in the paper.
+    paper_protocols = {f"omniglot-{way}w{shot}s": {"dataset": "omniglot", "way": way,
+                                                   "shot": shot, "train_split": "trainval"}
+                       for way in (5, 20) for shot in (1, 5)}
+    paper_results = tuple(
+        PaperResult("omniglot", way, shot, accuracy, f"omniglot-{way}w{shot}s", source="Table 1")
+        for way, shot, accuracy in ((5, 1, 98.1), (5, 5, 98.9), (20, 1, 93.8), (20, 5, 98.5)))
     defaults = {
         # The paper gives no optimiser settings; these are Prototypical Networks'.
         "*": {"backbone": "conv4", "hidden": 64, "fce": False, "fce_steps": 5,

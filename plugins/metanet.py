@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from metactl import hookimpl
-from metactl.algorithm import Algorithm, DeviceSettings, LabelledImages, ModelSpec
+from metactl.algorithm import Algorithm, DeviceSettings, LabelledImages, ModelSpec, PaperResult
 from metactl.errors import UsageError
 
 if TYPE_CHECKING:
@@ -85,6 +85,14 @@ class MetaNet(Algorithm):
     family = "model"
     summary = "a meta learner turns loss gradients into fast weights, read from a memory"
     paper = "Munkhdalai & Yu (2017). Meta Networks. ICML."
+    # Table 1 (one-shot Omniglot): one model per way, since the softmax layers are tied to it;
+    # trained on the 1,200 train + val characters as in the paper.
+    paper_protocols = {f"omniglot-{way}w1s": {"dataset": "omniglot", "way": way, "shot": 1,
+                                              "train_split": "trainval"}
+                       for way in (5, 10, 15, 20)}
+    paper_results = tuple(
+        PaperResult("omniglot", way, 1, accuracy, f"omniglot-{way}w1s", source="Table 1")
+        for way, accuracy in ((5, 98.95), (10, 98.67), (15, 97.11), (20, 97.00)))
     defaults = {
         # Section 4.1 and the authors' code: Adam 1e-3, one episode per step, U[-0.1, 0.1)
         # initialisation (but m's and d's output units: fast_init), m and d of 20 units, p = 7,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from metactl import hookimpl
-from metactl.algorithm import LabelledImages
+from metactl.algorithm import LabelledImages, PaperResult
 from metactl.nn.pretraining import SupervisedPretraining
 
 if TYPE_CHECKING:
@@ -47,6 +47,13 @@ class NearestNeighborBaseline(SupervisedPretraining):
     summary = "classifier pre-trained on all training classes, then 1-NN by cosine on features"
     paper = ("Vinyals, Blundell, Lillicrap, Kavukcuoglu & Wierstra (2016). Matching Networks "
              "for One Shot Learning. NeurIPS (baseline classifier + nearest neighbour).")
+
+    # Vinyals et al. (2016), Table 1, "Baseline classifier, cosine, no fine-tuning": one
+    # classifier trained on the 1,200 train + val characters, tested at every setting.
+    paper_protocols = {"omniglot": {"dataset": "omniglot", "train_split": "trainval"}}
+    paper_results = tuple(
+        PaperResult("omniglot", way, shot, accuracy, "omniglot", source="Table 1")
+        for way, shot, accuracy in ((5, 1, 80.0), (5, 5, 95.0), (20, 1, 69.5), (20, 5, 89.1)))
 
     def task_state(self, model: nn.Module, support: LabelledImages) -> EmbeddedSupport:
         """Backbone features of the support images, (T, S, dim)."""

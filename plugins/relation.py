@@ -5,7 +5,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from metactl import hookimpl
-from metactl.algorithm import Algorithm, LabelledImages, ModelSpec, StepResult, support_of
+from metactl.algorithm import (
+    Algorithm,
+    LabelledImages,
+    ModelSpec,
+    PaperResult,
+    StepResult,
+    support_of,
+)
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -47,6 +54,16 @@ class RelationNetworks(Algorithm):
     summary = "a learned relation module scores concatenated query and class feature maps"
     paper = ("Sung, Yang, Zhang, Xiang, Torr & Hospedales (2018). Learning to Compare: Relation "
              "Network for Few-Shot Learning. CVPR.")
+    # Table 1: one model per setting; the authors' code trains on the first 1,200 characters
+    # (train + val of the Vinyals split) and tests on the other 423.
+    paper_protocols = {f"omniglot-{way}w{shot}s": {"dataset": "omniglot", "way": way,
+                                                   "shot": shot, "train_split": "trainval"}
+                       for way in (5, 20) for shot in (1, 5)}
+    paper_results = tuple(
+        PaperResult("omniglot", way, shot, accuracy, f"omniglot-{way}w{shot}s", ci95=ci95,
+                    source="Table 1")
+        for way, shot, accuracy, ci95 in ((5, 1, 99.6, 0.2), (5, 5, 99.8, 0.1),
+                                          (20, 1, 97.6, 0.2), (20, 5, 99.1, 0.1)))
     defaults = {
         # Paper and code: Adam 1e-3 halved every 100,000 episodes, 1,000,000 episodes.
         "*": {"hidden": 64, "relation_hidden": 8, "relation_padding": 1,

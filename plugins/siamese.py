@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from metactl import hookimpl
-from metactl.algorithm import Algorithm, LabelledImages, ModelSpec, StepResult
+from metactl.algorithm import Algorithm, LabelledImages, ModelSpec, PaperResult, StepResult
 from metactl.errors import UsageError
 
 if TYPE_CHECKING:
@@ -55,6 +55,13 @@ class SiameseNetworks(Algorithm):
     summary = "verification network: L1 distance of twin embeddings -> P(same class)"
     paper = ("Koch, Zemel & Salakhutdinov (2015). Siamese Neural Networks for One-shot Image "
              "Recognition. ICML Deep Learning Workshop.")
+    # Vinyals et al. (2016), Table 1, "Convolutional Siamese Net, cosine, no fine-tuning": one
+    # network trained on the 1,200 train + val characters, tested at every setting.
+    paper_protocols = {"omniglot": {"dataset": "omniglot", "train_split": "trainval"}}
+    paper_results = tuple(
+        PaperResult("omniglot", way, shot, accuracy, "omniglot",
+                    source="Vinyals et al. (2016), Table 1")
+        for way, shot, accuracy in ((5, 1, 96.7), (5, 5, 98.4), (20, 1, 88.0), (20, 5, 96.5)))
     defaults = {
         "*": {"backbone": "conv4", "hidden": 64, "embedding": 4096, "pairs": 128,
               "distortions": False, "optimizer": "adam", "lr": 1e-3, "lr_decay": 0.5,

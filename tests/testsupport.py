@@ -72,3 +72,16 @@ def train_plainly(module, images, labels, steps: int, lr: float, optimizer: str 
         torch.nn.functional.cross_entropy(module(images), labels).backward()
         inner.step()
     return module
+
+
+def write_plugin(folder: Path, module: str, source: str, group: str = "metactl") -> Path:
+    """A throwaway installed plugin: ``folder/<module>.py`` and a dist-info registering it in
+    the entry-point ``group``. Put ``folder`` on a subprocess's ``PYTHONPATH`` to load it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{module}.py").write_text(source, encoding="utf-8")
+    info = folder / f"{module}-0.1.dist-info"
+    info.mkdir(exist_ok=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.1\n",
+                                   encoding="utf-8")
+    (info / "entry_points.txt").write_text(f"[{group}]\n{module} = {module}\n", encoding="utf-8")
+    return folder

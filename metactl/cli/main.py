@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from metactl import __version__
-from metactl.cli import data, plugins, run
+from metactl.cli import data, plugins, reproduce, run
 
 app = typer.Typer(
     name="metactl",
@@ -22,6 +22,8 @@ app.add_typer(plugins.app, name="plugins")
 app.command()(run.train)
 app.command()(run.evaluate)
 app.command()(run.predict)
+app.command()(reproduce.reproduce)
+app.command()(reproduce.results)
 
 
 def _show_version(value: bool) -> None:

@@ -29,6 +29,7 @@ class TrainingState:
     step: int
     best_score: float  # validation accuracy, or minus the validation error for regression
     best_step: int
+    seconds: float = 0.0  # wall time of training so far, validation included, over all calls
 
 
 def default_run_folder(config: dict[str, Any]) -> Path:
@@ -95,6 +96,7 @@ class Trainer:
             "task": self.spec.task,
             "invert": self.tasks.invert,
             "step": self.state.step,
+            "train_seconds": self.state.seconds,
         }
         if model_only:
             return payload
@@ -125,7 +127,8 @@ class Trainer:
         self.sampler.generator.set_state(checkpoint["sampler_rng"])
         torch.set_rng_state(checkpoint["torch_rng"])
         self.state = TrainingState(int(checkpoint["step"]), float(checkpoint["best_score"]),
-                                   int(checkpoint["best_step"]))
+                                   int(checkpoint["best_step"]),
+                                   float(checkpoint.get("train_seconds", 0.0)))
         self._saved_step = self.state.step
         self.run.truncate_metrics(self.state.step)
 
@@ -136,13 +139,18 @@ class Trainer:
                     f"({self.config['train_way']}-way {self.config['train_shot']}-shot, "
                     f"{self.total_steps} steps of {self.config['meta_batch']} tasks) on "
                     f"{self.placement.describe()}; run folder {self.run.path}")
+        first_step = self.state.step
         with self._graceful_interrupt(), self._progress() as advance:
+            # At least one step per call, so that a spent deadline still makes progress.
             while (self.state.step < self.total_steps and not self._stop_requested
-                   and not self.out_of_time()):
+                   and not (self.state.step > first_step and self.out_of_time())):
+                started = time.perf_counter()
                 record = self._one_step()
                 advance(record)
                 if self._due(int(self.config["val_every"])):
-                    self._validate_and_save()
+                    self._validate_and_save(time.perf_counter() - started)
+                else:
+                    self.state.seconds += time.perf_counter() - started
         if self.state.step < self.total_steps:
             self.save_last()
             reason = "" if self._stop_requested else " (out of time)"
@@ -182,7 +190,10 @@ class Trainer:
             self.run.append_metrics({"kind": "train", **record})
         return record
 
-    def _validate_and_save(self) -> None:
+    def _validate_and_save(self, seconds_before: float = 0.0) -> None:
+        """Validate, then save; ``seconds_before`` is the step's time, counted with the
+        validation's in the training time that the checkpoint records."""
+        started = time.perf_counter()
         self.model.eval()
         result = self.tasks.validate(self.algorithm, self.model, self.placement)
         if result is not None:
@@ -195,6 +206,7 @@ class Trainer:
                 save_checkpoint(self.run.best, self._payload(model_only=True))
             self.report(f"step {self.state.step}/{self.total_steps}: validation "
                         f"{result.describe()} (best at step {self.state.best_step})")
+        self.state.seconds += seconds_before + time.perf_counter() - started
         self.save_last()
 
     @contextmanager
@@ -257,7 +269,8 @@ def train(algorithm_name: str, config: dict[str, Any], *, out: Path | None = Non
           ) -> tuple[RunFolder, TrainingState]:
     """Train ``algorithm_name`` with a resolved ``config``; return the run and its final state.
     With a ``deadline`` (a ``time.monotonic()`` value), training stops cleanly at the first step
-    boundary after it, saving ``last.pt`` so that ``--resume`` continues."""
+    boundary after it (after one step at least), saving ``last.pt`` so that ``--resume``
+    continues."""
     from metactl.plugins import get_registry
 
     algorithm = get_registry().get(algorithm_name)(config)

@@ -33,6 +33,9 @@ def reproduce(
     evaluate_partial: Annotated[bool, typer.Option(
         "--evaluate-partial", help="Also evaluate protocols that have not finished training "
         "(reported as partial).")] = False,
+    assignments: Annotated[list[str] | None, typer.Option(
+        "--set", help="A device setting, key=value: amp, channels_last, compile or "
+        "deterministic (repeatable).", show_default=False)] = None,
     test_episodes: Annotated[int, typer.Option(
         "--test-episodes", help="Fixed seed-0 test episodes per row (papers use 600 or "
         "more).")] = 1000,
@@ -46,11 +49,17 @@ def reproduce(
     """Train each protocol of the papers' tables, evaluate it on the fixed test episodes and
     write a report comparing ours with the paper's figures; resumes where it stopped."""
     from metactl.engine.reports import Report
-    from metactl.engine.reproduce import Reproduction, parse_duration, plan_reproduction
+    from metactl.engine.reproduce import (
+        Reproduction,
+        device_overrides,
+        parse_duration,
+        plan_reproduction,
+    )
     from metactl.errors import UsageError
     from metactl.plugins import get_registry
 
     deadline = time.monotonic() + parse_duration(budget) if budget else None
+    overrides = device_overrides(assignments or [])
     if test_episodes < 1:
         raise UsageError(f"--test-episodes must be at least 1, got {test_episodes}",
                          "pass e.g. --test-episodes 1000")
@@ -66,15 +75,15 @@ def reproduce(
                     plan.algorithm.paper)
     if dry_run:
         _dry_run(plans, device=device, root=root, mirror=mirror, out=out, runs=runs,
-                 as_json=as_json, test_episodes=test_episodes)
+                 as_json=as_json, test_episodes=test_episodes, overrides=overrides)
         return
     for plan in plans:
         reproduction = Reproduction(plan, out / f"{plan.algorithm.name}.json", runs,
                                     device=device, root=root, mirror=mirror, deadline=deadline,
                                     evaluate_partial=evaluate_partial,
-                                    test_episodes=test_episodes, say=say)
+                                    test_episodes=test_episodes, overrides=overrides, say=say)
         command = _command(plan.algorithm.name, dataset, settings or [], out, runs, device,
-                           test_episodes)
+                           test_episodes, assignments or [])
         report = reproduction.execute(command)
         _print_report(report, as_json)
     if deadline is not None and time.monotonic() >= deadline:
@@ -82,11 +91,12 @@ def reproduce(
 
 
 def _command(algorithm: str, dataset: str, settings: list[str], out: Path, runs: Path,
-             device: str, test_episodes: int) -> str:
+             device: str, test_episodes: int, assignments: list[str]) -> str:
     chosen = "".join(f" --setting {setting}" for setting in settings)
     episodes = "" if test_episodes == 1000 else f" --test-episodes {test_episodes}"
-    return (f"metactl reproduce {algorithm} --dataset {dataset}{chosen}{episodes} --out {out} "
-            f"--runs {runs} --device {device}")
+    extra = "".join(f" --set {assignment}" for assignment in assignments)
+    return (f"metactl reproduce {algorithm} --dataset {dataset}{chosen}{episodes}{extra} "
+            f"--out {out} --runs {runs} --device {device}")
 
 
 def _print_report(report, as_json: bool) -> None:
@@ -103,7 +113,7 @@ def _print_report(report, as_json: bool) -> None:
 
 
 def _dry_run(plans, *, device, root, mirror, out: Path, runs: Path, as_json: bool,
-             test_episodes: int) -> None:
+             test_episodes: int, overrides: dict) -> None:
     from metactl.engine.reproduce import (
         estimate,
         evaluate_command,
@@ -114,13 +124,14 @@ def _dry_run(plans, *, device, root, mirror, out: Path, runs: Path, as_json: boo
     documents = []
     for plan in plans:
         estimates = estimate(plan, device=device, root=root, mirror=mirror, say=say,
-                             test_episodes=test_episodes)
+                             test_episodes=test_episodes, overrides=overrides)
         for protocol, guess in zip(plan.protocols, estimates, strict=True):
             run = runs / f"{plan.algorithm.name}-{protocol.name}"
             documents.append({
                 **guess, "algorithm": plan.algorithm.name,
                 "rows": [row.setting for row in protocol.rows],
-                "train": train_command(plan.algorithm.name, run, protocol.settings, device),
+                "train": train_command(plan.algorithm.name, run,
+                                       {**protocol.settings, **overrides}, device),
                 "evaluate": [evaluate_command(run, row, test_episodes)
                              for row in protocol.rows]})
     if as_json:

@@ -14,7 +14,7 @@ import math
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,8 @@ from metactl.errors import UsageError
 
 Say = Callable[[str], None]
 EVALUATION_EPISODES = 1000
+# What `reproduce --set` may change: how a protocol runs, never what it trains.
+DEVICE_SETTINGS = ("amp", "channels_last", "compile", "deterministic")
 DURATION_PATTERN = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -93,6 +95,19 @@ def plan_reproduction(algorithm: type[Algorithm], dataset: str,
     return Plan(algorithm, dataset, protocols)
 
 
+def device_overrides(assignments: Sequence[str]) -> dict[str, Any]:
+    """``["channels_last=true"]`` -> ``{"channels_last": True}``; only device settings."""
+    from metactl.engine.config import parse_assignments
+
+    overrides = parse_assignments(list(assignments))
+    other = sorted(set(overrides) - set(DEVICE_SETTINGS))
+    if other:
+        raise UsageError(f"reproduce --set takes device settings only, not {', '.join(other)}",
+                         f"use one of {', '.join(DEVICE_SETTINGS)}; the paper's protocol fixes "
+                         "the rest")
+    return overrides
+
+
 def train_command(algorithm: str, run: Path, settings: dict[str, Any], device: str) -> str:
     options = " ".join(f"--set {key}={value}" for key, value in sorted(settings.items()))
     return f"metactl train {algorithm} --out {run} {options} --device {device}"
@@ -115,6 +130,7 @@ class Reproduction:
     deadline: float | None = None
     evaluate_partial: bool = False
     test_episodes: int = EVALUATION_EPISODES
+    overrides: dict[str, Any] = field(default_factory=dict)
     say: Say = print
     _trained: bool = False  # whether this call trained a protocol (each call trains one step)
 
@@ -162,13 +178,14 @@ class Reproduction:
         run = RunFolder(self.run_folder(protocol))
         previous = report.protocols.get(protocol.name)
         record = previous or ProtocolRecord(protocol.name, str(run.path), protocol.settings)
-        record.command = train_command(self.name, run.path, protocol.settings, self.device)
+        settings = {**protocol.settings, **self.overrides}
+        record.command = train_command(self.name, run.path, settings, self.device)
         record.read_progress(run)
         if record.finished or (self._out_of_time() and self._trained):
             return record
         self._trained = True
         self.say(f"{self.name} {protocol.name}: training ({record.describe_progress()})")
-        values = {**protocol.settings, "device": self.device}
+        values = {**settings, "device": self.device}
         try:
             if run.last.is_file():
                 start_training(None, values, None, [], out=None, resume=run.path, root=self.root,
@@ -194,7 +211,8 @@ class Reproduction:
 
 
 def estimate(plan: Plan, *, device: str, root: str | None, mirror: str | None, say: Say,
-             test_episodes: int = EVALUATION_EPISODES, probe_steps: int = 3,
+             test_episodes: int = EVALUATION_EPISODES,
+             overrides: dict[str, Any] | None = None, probe_steps: int = 3,
              probe_episodes: int = 16) -> list[dict[str, Any]]:
     """Time a few training steps and evaluation episodes of each protocol on this machine and
     extrapolate to the whole protocol; nothing is written outside a temporary folder."""
@@ -203,12 +221,13 @@ def estimate(plan: Plan, *, device: str, root: str | None, mirror: str | None, s
         say(f"probing {plan.algorithm.name} {protocol.name} ...")
         estimates.append(_probe(plan, protocol, device=device, root=root, mirror=mirror,
                                 steps=probe_steps, episodes=probe_episodes,
-                                test_episodes=test_episodes))
+                                test_episodes=test_episodes, overrides=overrides or {}))
     return estimates
 
 
 def _probe(plan: Plan, protocol: Protocol, *, device: str, root: str | None,
-           mirror: str | None, steps: int, episodes: int, test_episodes: int) -> dict[str, Any]:
+           mirror: str | None, steps: int, episodes: int, test_episodes: int,
+           overrides: dict[str, Any]) -> dict[str, Any]:
     import tempfile
 
     from metactl.engine.config import resolve_config
@@ -217,7 +236,7 @@ def _probe(plan: Plan, protocol: Protocol, *, device: str, root: str | None,
 
     algorithm_class = plan.algorithm
     config = resolve_config(algorithm_class.name, algorithm_class.defaults, {},
-                            {**protocol.settings, "device": device}, {})
+                            {**protocol.settings, **overrides, "device": device}, {})
     with tempfile.TemporaryDirectory(prefix="metactl-probe-") as folder:
         trainer = Trainer(algorithm_class(config), config, RunFolder(Path(folder)),
                           report=lambda message: None, show_progress=False, mirror=mirror,

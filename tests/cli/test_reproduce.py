@@ -123,6 +123,7 @@ def test_dry_run_prints_rows_commands_and_an_estimate_and_writes_nothing(environ
     (["--setting", "20w1s"], "reports no 20-way 1-shot result on omniglot"),
     (["--setting", "five"], "is not a setting"),
     (["--budget", "soon"], "is not a duration"),
+    (["--set", "lr=0.1"], "takes device settings only, not lr"),
     (["--test-episodes", "0"], "must be at least 1"),
     (["--dataset", "mini-imagenet"], "has no paper results on mini-imagenet"),
 ])
@@ -136,7 +137,7 @@ def test_bad_input_is_one_line_and_writes_nothing(environment, tmp_path, options
 
 def test_unknown_algorithm_suggests_the_nearest_name(environment, tmp_path):
     result = run_metactl("reproduce", "prototypcal", "--out", str(tmp_path), env=environment)
-    assert result.returncode != 0 and "did you mean 'prototypical'" in result.stderr
+    assert result.returncode != 0 and "Did you mean 'prototypical'" in result.stderr
 
 
 def test_a_report_of_another_algorithm_is_refused_and_left_untouched(environment, tmp_path):

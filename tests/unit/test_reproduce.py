@@ -92,3 +92,21 @@ def test_trainval_trains_on_the_1200_characters_without_validation(omniglot_root
     tasks = load_tasks(config, torch.device("cpu"), None, str(omniglot_root), lambda m: None)
     assert tasks.train.num_classes == 4800 and tasks.train.stored_classes == 1200
     assert tasks.validation is None
+
+
+def test_a_partial_protocol_reports_its_curve_and_the_time_it_still_needs():
+    from metactl.engine.reports import render_report
+
+    protocol = {"name": "omniglot-5w1s", "run": "runs/x", "settings": {}, "command": "metactl "
+                "train maml", "steps_done": 1000, "total_steps": 4000, "train_seconds": 1800.0,
+                "curve": [[500, 0.9, 0.01], [1000, 0.95, 0.01]], "curve_kind": "validation"}
+    row = {"setting": "5w1s", "way": 5, "shot": 1, "paper": 98.7, "paper_ci95": 0.4,
+           "source": "Table 1", "note": "", "tolerance": 0.5, "protocol": "omniglot-5w1s",
+           "status": "partial", "ours": 95.1, "ci95": 0.3, "episodes": 1000, "query": 15,
+           "at_step": 1000, "difference": -3.6, "verdict": "below", "command": "metactl evaluate"}
+    text = render_report({"algorithm": "maml", "dataset": "omniglot", "paper": "Finn (2017).",
+                          "protocols": {"omniglot-5w1s": protocol}, "rows": {"5w1s": row}})
+    assert "| 5-way 1-shot | 95.10 ± 0.30 | 98.7 ± 0.4 | -3.60 | below | partial, step 1,000 " \
+           "of 4,000 |" in text
+    assert "about 1h30m more training" in text
+    assert "Validation accuracy by step (last 2 points, in %): 500: 90.0, 1,000: 95.0." in text

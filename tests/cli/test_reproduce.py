@@ -165,7 +165,8 @@ def test_the_gpu_script_runs_every_row_in_its_tiny_cpu_mode(omniglot_root, tmp_p
     assert result.returncode == 0, result.stderr
     rows = {name: read(tmp_path / f"{name}.json")["rows"] for name in
             ("maml", "metanet", "mann", "relation")}
-    assert sorted(rows["maml"]) == ["20w1s", "20w5s"] and sorted(rows["mann"]) == ["5w1s", "5w5s"]
+    # The tiny mode leaves out MAML 20-way 5-shot, whose single step takes minutes on a CPU.
+    assert sorted(rows["maml"]) == ["20w1s"] and sorted(rows["mann"]) == ["5w1s", "5w5s"]
     for report_rows in rows.values():
         for row in report_rows.values():
             assert row["episodes"] == 4 and row["ours"] is not None

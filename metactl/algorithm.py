@@ -31,15 +31,19 @@ class DeviceSettings:
 
     Attributes:
         preferred: devices to try in order when the user asks for ``auto``.
-        mixed_precision: ``"bf16"``, ``"fp16"`` or ``None`` (full float32), on CUDA only.
-        channels_last: use the channels-last memory format for convolutions.
+        mixed_precision: ``"auto"`` (bf16 autocast where the device computes bfloat16
+            natively: a CPU with AVX-512 BF16 or AMX, a CUDA GPU from Ampere on; float32
+            elsewhere), ``"bf16"``, ``"fp16"`` (CUDA only) or ``None`` (always float32, for
+            models that need its precision).
+        channels_last: use the channels-last memory format for convolutions; ``"auto"``: with
+            reduced precision, where it pays.
         compile: wrap the model in ``torch.compile``.
         deterministic: ask PyTorch for deterministic kernels (slower on CUDA).
     """
 
     preferred: tuple[str, ...] = ("cuda", "cpu")
-    mixed_precision: str | None = None
-    channels_last: bool = False
+    mixed_precision: str | None = "auto"
+    channels_last: bool | str = "auto"
     compile: bool = False
     deterministic: bool = False
 

@@ -79,7 +79,8 @@ class MAML(Algorithm):
         "batch_tasks": "adapt the tasks of a batch in one vmapped forward (false: a loop)",
     }
     # torch.compile does not support the double backward of second-order MAML.
-    device = DeviceSettings(compile=False)
+    # Per-task weights under vmap lose the channels-last layout.
+    device = DeviceSettings(compile=False, channels_last=False)
     adapts_with_gradients = True
     tasks = ("classification", "regression")
     test_steps_setting = "test_inner_steps"

@@ -37,16 +37,18 @@ def default_run_folder(config: dict[str, Any]) -> Path:
                            f"{config['shot']}shot-{stamp}")
 
 
-def build_optimizer(model: torch.nn.Module, config: dict[str, Any]):
+def build_optimizer(model: torch.nn.Module, config: dict[str, Any], fused: bool = False):
+    """The outer optimizer and its schedule; ``fused``: one kernel for all parameters (CUDA)."""
     parameters = [p for p in model.parameters() if p.requires_grad]
     lr, decay = float(config["lr"]), float(config["weight_decay"])
+    kernels = {"fused": True} if fused else {}
     if config["optimizer"] == "sgd":
         optimizer = torch.optim.SGD(parameters, lr=lr, momentum=float(config["momentum"]),
-                                    weight_decay=decay)
+                                    weight_decay=decay, **kernels)
     elif config["optimizer"] == "rmsprop":
         optimizer = torch.optim.RMSprop(parameters, lr=lr, weight_decay=decay)
     else:
-        optimizer = torch.optim.Adam(parameters, lr=lr, weight_decay=decay)
+        optimizer = torch.optim.Adam(parameters, lr=lr, weight_decay=decay, **kernels)
     every = int(config["lr_decay_every"])
     gamma = float(config["lr_decay"]) if every > 0 else 1.0
     schedule = torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(every, 1), gamma=gamma)
@@ -62,6 +64,7 @@ class Trainer:
         self.algorithm, self.config, self.run = algorithm, config, run
         self.report, self.show_progress = report, show_progress
         self.placement: Placement = placement_for(config, algorithm.device)
+        config.update(self.placement.settings())  # config.yaml records what "auto" chose
         self.tasks: TaskSource = load_tasks(config, self.placement.device, mirror, root, report)
         self.spec = self.tasks.spec
         if self.spec.task not in algorithm.tasks:
@@ -73,7 +76,8 @@ class Trainer:
         if self.placement.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.step_model = torch.compile(self.model) if self.placement.compile else self.model
-        self.optimizer, self.schedule = build_optimizer(self.model, config)
+        self.optimizer, self.schedule = build_optimizer(
+            self.model, config, fused=self.placement.device.type == "cuda")
         self.state = TrainingState(step=0, best_score=-math.inf, best_step=0)
         self._stop_requested = False
         self._saved_step: int | None = None  # the step last.pt holds, once written or read
@@ -151,6 +155,10 @@ class Trainer:
 
     def _due(self, every: int) -> bool:
         return self.state.step % every == 0 or self.state.step == self.total_steps
+
+    def step(self) -> dict[str, Any]:
+        """One meta-training step (sample, meta-gradient, optimizer step); its metrics record."""
+        return self._one_step()
 
     def _one_step(self) -> dict[str, Any]:
         started = time.perf_counter()

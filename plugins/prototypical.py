@@ -59,7 +59,7 @@ class PrototypicalNetworks(Algorithm):
         "hidden": "channels of each conv block",
         "distance": "squared-euclidean (the paper) or cosine",
     }
-    device = DeviceSettings()
+    device = DeviceSettings(cuda_graphs=True)
 
     def build_model(self, spec: ModelSpec) -> nn.Module:
         from metactl.nn.backbones import build_backbone

@@ -5,7 +5,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from metactl import hookimpl
-from metactl.algorithm import Algorithm, LabelledImages, ModelSpec, StepResult, support_of
+from metactl.algorithm import (
+    Algorithm,
+    DeviceSettings,
+    LabelledImages,
+    ModelSpec,
+    StepResult,
+    support_of,
+)
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -64,6 +71,7 @@ class RelationNetworks(Algorithm):
         "relation_padding": "padding of the relation module's convs (the paper's code: 1 on "
                             "Omniglot, 0 on mini-ImageNet's larger maps)",
     }
+    device = DeviceSettings(cuda_graphs=True)
 
     def build_model(self, spec: ModelSpec) -> nn.Module:
         from metactl.nn.relation import RelationNetwork
@@ -85,7 +93,7 @@ class RelationNetworks(Algorithm):
 
     def loss(self, model: nn.Module, batch: TaskBatch) -> StepResult:
         scores = self.logits(model, self.adapt(model, support_of(batch)), batch.query_images)
-        accuracy = (scores.argmax(-1) == batch.query_labels).float().mean().item()
+        accuracy = (scores.argmax(-1) == batch.query_labels).float().mean()
         return StepResult(relation_loss(scores, batch.query_labels), accuracy)
 
     def predict(self, model: nn.Module, support: LabelledImages, query_images: Tensor) -> Tensor:

@@ -45,6 +45,7 @@ ENGINE_DEFAULTS: dict[str, Any] = {
     "compile": None,
     "channels_last": None,
     "deterministic": None,
+    "cuda_graphs": None,
 }
 
 # Settings a dataset implies, between the engine's defaults and the algorithm's.
@@ -76,8 +77,10 @@ ENGINE_HELP = {
     "device": "auto, cpu or cuda",
     "compile": "torch.compile the model (default: the algorithm's choice)",
     "channels_last": "channels-last memory format: true, false or auto (default: the "
-                     "algorithm's choice; auto: with reduced precision)",
+                     "algorithm's choice; auto: on the CPU, and on CUDA with bf16 or fp16)",
     "deterministic": "deterministic kernels (default: the algorithm's choice)",
+    "cuda_graphs": "on CUDA, replay each training step from a CUDA graph (default: the "
+                   "algorithm's choice)",
     "meta_batch": "tasks per meta-training step",
     "lr_decay": "multiply the learning rate by this every lr_decay_every steps",
     "val_every": "validate every this many steps",

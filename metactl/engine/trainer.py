@@ -17,6 +17,7 @@ import torch
 from metactl.algorithm import Algorithm
 from metactl.engine.checkpoint import load_checkpoint, save_checkpoint
 from metactl.engine.device import Placement, placement_for
+from metactl.engine.graphs import gradient_step
 from metactl.engine.run import RunFolder
 from metactl.engine.tasks import TaskSource, load_tasks
 from metactl.errors import UsageError
@@ -78,6 +79,8 @@ class Trainer:
         self.step_model = torch.compile(self.model) if self.placement.compile else self.model
         self.optimizer, self.schedule = build_optimizer(
             self.model, config, fused=self.placement.device.type == "cuda")
+        self.meta_gradient = gradient_step(algorithm, self.step_model, self.optimizer,
+                                           self.placement)
         self.state = TrainingState(step=0, best_score=-math.inf, best_step=0)
         self._stop_requested = False
         self._saved_step: int | None = None  # the step last.pt holds, once written or read
@@ -164,10 +167,8 @@ class Trainer:
         started = time.perf_counter()
         batch = self.sampler.sample(int(self.config["meta_batch"]))
         self.model.train()
-        self.optimizer.zero_grad(set_to_none=True)
         self.algorithm.progress = self.state.step / self.total_steps
-        with self.placement.autocast():
-            result = self.algorithm.meta_gradient(self.step_model, batch)
+        result = self.meta_gradient(batch)
         if float(self.config["grad_clip"]) > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(self.config["grad_clip"]))
         self.optimizer.step()
@@ -177,9 +178,11 @@ class Trainer:
         if not math.isfinite(loss):
             raise UsageError(f"the training loss became {loss} at step {self.state.step}",
                              "lower the learning rate (--lr) or try --set amp=none")
-        record = {"step": self.state.step, "loss": loss, "accuracy": result.accuracy,
+        record = {"step": self.state.step, "loss": loss,
+                  "accuracy": None if result.accuracy is None else float(result.accuracy),
                   "lr": self.schedule.get_last_lr()[0],
-                  "seconds": time.perf_counter() - started, **result.extra}
+                  "seconds": time.perf_counter() - started,
+                  **{name: float(value) for name, value in result.extra.items()}}
         if self._due(max(1, int(self.config["val_every"]) // 10)):
             self.run.append_metrics({"kind": "train", **record})
         return record

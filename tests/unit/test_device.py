@@ -34,10 +34,10 @@ def test_bf16_detection_agrees_with_the_cpu_flags():
     assert cpu_has_bf16() == bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
-def test_auto_picks_bf16_and_channels_last_only_where_the_cpu_computes_bf16(bf16_cpu):
+def test_auto_picks_bf16_only_where_the_cpu_computes_it_and_channels_last_on_cpus(bf16_cpu):
     placement = place()
     assert placement.mixed_precision == ("bf16" if bf16_cpu else None)
-    assert placement.channels_last is bf16_cpu
+    assert placement.channels_last is True
     assert placement.settings()["amp"] == ("bf16" if bf16_cpu else "none")
 
 
@@ -77,6 +77,13 @@ def test_usable_cpus_is_within_what_the_system_has():
     assert 1 <= usable_cpus() <= (os.cpu_count() or 1)
 
 
+@pytest.mark.parametrize(("load", "threads"), [(0.0, 4), (1.2, 3), (3.6, 1), (9.0, 1)])
+def test_threads_leave_the_cpus_that_other_work_keeps_busy(monkeypatch, load, threads):
+    monkeypatch.setattr(device_module, "usable_cpus", lambda: 4)
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    assert device_module.idle_cpus() == threads
+
+
 @pytest.mark.parametrize("name", ["adam", "sgd"])
 def test_fused_optimizer_steps_like_the_plain_one(name):
     """The CUDA path's fused optimizer kernels, checked on the CPU against the plain loop."""
@@ -105,5 +112,5 @@ def test_the_run_records_what_auto_chose(omniglot_root, tmp_path):
     _, run, _ = train_briefly("prototypical", settings, omniglot_root, tmp_path / "run")
     recorded = run.read_config()
     assert recorded["amp"] == ("bf16" if cpu_has_bf16() else "none")
-    assert recorded["channels_last"] is cpu_has_bf16()
+    assert recorded["channels_last"] is True
     assert recorded["compile"] is False

@@ -37,14 +37,16 @@ def timed(command: list[str], env: dict[str, str]) -> tuple[float, str]:
     return elapsed, finished.stdout
 
 
-def main_job(home: Path, run: Path, episodes: int) -> dict[str, Any]:
+def main_job(home: Path, run: Path, episodes: int, quick: bool = False) -> dict[str, Any]:
     metactl = str(Path(sys.executable).with_name("metactl"))
     env = {**os.environ, "METACTL_HOME": str(home)}
+    smaller = ["--set", "val_episodes=10", "--train-way", "5"] if quick else []
     commands = {
         "fetch": [metactl, "data", "fetch", "omniglot"],
         "train": [metactl, "train", "prototypical", "--way", "5", "--shot", "1", "--episodes",
-                  str(episodes), "--out", str(run)],
-        "evaluate": [metactl, "evaluate", str(run), "--json"],
+                  str(episodes), *smaller, "--out", str(run)],
+        "evaluate": [metactl, "evaluate", str(run), "--json",
+                     *(["--episodes", "20"] if quick else [])],
     }
     load = os.getloadavg()
     seconds, output = {}, ""
@@ -78,10 +80,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--home", type=Path, default=None,
                         help="data root to fetch into (default: a fresh temporary folder)")
     parser.add_argument("--episodes", type=int, default=1000, help="training episodes")
+    parser.add_argument("--quick", action="store_true",
+                        help="a rehearsal for tests: 5-way training, 20 test episodes")
     options = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as scratch:
         home = options.home or Path(scratch) / "home"
-        report = main_job(home, Path(scratch) / "run", options.episodes)
+        report = main_job(home, Path(scratch) / "run", options.episodes, options.quick)
     with atomic_write(options.out, "choose a writable --out") as temporary:
         temporary.write_text(json.dumps(report, indent=2) + "\n")
     print(f"{100 * report['accuracy']:.2f}% ± {100 * report['ci95']:.2f} "

@@ -296,14 +296,12 @@ def run(options: argparse.Namespace) -> dict[str, Any]:
             for result in results:
                 result.extra["device"] = device_name
                 report["results"].append(result)
-                if not options.json:
-                    print_row(result, header=len(report["results"]) == 1)
+                print_row(result, header=len(report["results"]) == 1, json_mode=options.json)
         for tasks in (1, 32):
             result = compare_sampling(options.root, device, tasks, seconds, rounds)
             result.extra["device"] = device_name
             report["results"].append(result)
-            if not options.json:
-                print_row(result, header=False)
+            print_row(result, header=False, json_mode=options.json)
     return report
 
 
@@ -315,13 +313,15 @@ def quick_settings(name: str) -> dict[str, Any]:
             "meta-lstm": {"inner_epochs": 2}}.get(name, {})
 
 
-def print_row(result: Comparison, header: bool) -> None:
+def print_row(result: Comparison, header: bool, json_mode: bool = False) -> None:
+    """One table row, on stdout; with ``--json``, on stderr as progress."""
+    stream = sys.stderr if json_mode else sys.stdout
     if header:
         print(f"{'workload':<22}{'device':<7}{'metactl':>12}{'reference':>12}{'ratio':>8}  "
-              f"{'unit':<11}{'same':<6}note")
+              f"{'unit':<11}{'same':<6}note", file=stream)
     print(f"{result.name:<22}{result.extra.get('device', ''):<7}{result.ours:>12.2f}"
           f"{result.reference:>12.2f}{result.ratio:>8.2f}  {result.unit:<11}{result.same:<6}"
-          f"{result.note}", flush=True)
+          f"{result.note}", file=stream, flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:

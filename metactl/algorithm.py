@@ -31,17 +31,25 @@ class DeviceSettings:
 
     Attributes:
         preferred: devices to try in order when the user asks for ``auto``.
-        mixed_precision: ``"bf16"``, ``"fp16"`` or ``None`` (full float32), on CUDA only.
-        channels_last: use the channels-last memory format for convolutions.
+        mixed_precision: ``"auto"`` (bf16 autocast where the device computes bfloat16
+            natively: a CPU with AVX-512 BF16 or AMX, a CUDA GPU from Ampere on; float32
+            elsewhere), ``"bf16"``, ``"fp16"`` (CUDA only) or ``None`` (always float32, for
+            models that need its precision).
+        channels_last: use the channels-last memory format for convolutions; ``"auto"``: on
+            the CPU, and on CUDA with reduced precision (where it pays).
         compile: wrap the model in ``torch.compile``.
         deterministic: ask PyTorch for deterministic kernels (slower on CUDA).
+        cuda_graphs: on CUDA, capture the meta-gradient in a CUDA graph and replay it
+            (:mod:`metactl.engine.graphs`); only for steps of fixed shapes that never wait for
+            the GPU (no ``.item()``: report accuracy as a tensor).
     """
 
     preferred: tuple[str, ...] = ("cuda", "cpu")
-    mixed_precision: str | None = None
-    channels_last: bool = False
+    mixed_precision: str | None = "auto"
+    channels_last: bool | str = "auto"
     compile: bool = False
     deterministic: bool = False
+    cuda_graphs: bool = False
 
 
 @dataclass(frozen=True)
@@ -135,13 +143,14 @@ class StepResult:
 
     Attributes:
         loss: scalar tensor; the meta-objective (detached by the engine for logging).
-        accuracy: mean query accuracy in [0, 1], if the method classifies.
-        extra: other scalars worth logging.
+        accuracy: mean query accuracy in [0, 1], if the method classifies: a float, or a 0-d
+            tensor that the engine reads after the step (so the step never waits for the GPU).
+        extra: other scalars worth logging, floats or 0-d tensors.
     """
 
     loss: Tensor
-    accuracy: float | None = None
-    extra: dict[str, float] = field(default_factory=dict)
+    accuracy: float | Tensor | None = None
+    extra: dict[str, float | Tensor] = field(default_factory=dict)
 
 
 def query_loss(outputs: Tensor, labels: Tensor) -> StepResult:
@@ -152,9 +161,9 @@ def query_loss(outputs: Tensor, labels: Tensor) -> StepResult:
 
     if labels.is_floating_point():
         loss = functional.mse_loss(outputs, labels)
-        return StepResult(loss, None, {"mse": loss.item()})
+        return StepResult(loss, None, {"mse": loss.detach()})
     loss = functional.cross_entropy(outputs.flatten(0, 1), labels.flatten())
-    accuracy = (outputs.argmax(-1) == labels).float().mean().item()
+    accuracy = (outputs.argmax(-1) == labels).float().mean()
     return StepResult(loss, accuracy)
 
 

@@ -89,8 +89,9 @@ class MAML(Algorithm):
         "inner_lr": "step size of the inner gradient steps (alpha)",
         "batch_tasks": "adapt the tasks of a batch in one vmapped forward (false: a loop)",
     }
-    # torch.compile does not support the double backward of second-order MAML.
-    device = DeviceSettings(compile=False)
+    # torch.compile does not support the double backward of second-order MAML; CUDA graphs do.
+    # Per-task weights under vmap lose the channels-last layout.
+    device = DeviceSettings(compile=False, channels_last=False, cuda_graphs=True)
     adapts_with_gradients = True
     tasks = ("classification", "regression")
     test_steps_setting = "test_inner_steps"

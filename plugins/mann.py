@@ -128,7 +128,8 @@ class MemoryAugmentedNetworks(Algorithm):
                         "the paper) or learned (each head emits it, as in the NTM)",
         "label_slots": "size of the one-hot labels and of the output (0: the training way)",
     }
-    device = DeviceSettings()
+    # float32: the memory is read by a softmax over cosine similarities, step after step.
+    device = DeviceSettings(mixed_precision=None)
     learns_from_sequences = True
 
     def build_model(self, spec: ModelSpec) -> nn.Module:

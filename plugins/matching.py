@@ -84,7 +84,7 @@ class MatchingNetworks(Algorithm):
         "fce": "full-context embeddings: BiLSTM over the support set, attention LSTM for queries",
         "fce_steps": "K, the attention LSTM's processing steps (the paper does not state it)",
     }
-    device = DeviceSettings()
+    device = DeviceSettings(cuda_graphs=True)
 
     def build_model(self, spec: ModelSpec) -> nn.Module:
         from metactl.nn.backbones import build_backbone, feature_size

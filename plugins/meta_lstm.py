@@ -67,7 +67,9 @@ class MetaLearnerLSTM(Algorithm):
         "bn_eps": "epsilon of the learner's batch norm",
         "batch_tasks": "adapt the tasks of a batch in one vmapped forward (false: a loop)",
     }
-    device = DeviceSettings(compile=False)
+    # float32: the LSTM's cell state is the learner's weights, updated in small steps; per-task
+    # weights under vmap lose the channels-last layout.
+    device = DeviceSettings(compile=False, mixed_precision=None, channels_last=False)
     adapts_with_gradients = True
 
     def __init__(self, hparams: dict[str, Any]) -> None:

@@ -125,7 +125,9 @@ class MetaNet(Algorithm):
         "fast_init": "bias of m's and d's output units: the value fast weights start near",
         "fast_init_range": "m's and d's output weights start in U[-r, r) (the paper: init_range)",
     }
-    device = DeviceSettings()
+    # float32: fast weights are generated from gradients of tiny magnitude; per-example weights
+    # under vmap lose the channels-last layout.
+    device = DeviceSettings(mixed_precision=None, channels_last=False)
 
     def __init__(self, hparams: dict[str, Any]) -> None:
         super().__init__(hparams)

@@ -78,7 +78,7 @@ class PrototypicalNetworks(Algorithm):
     paper_results = tuple(
         PaperResult("omniglot", way, shot, accuracy, f"omniglot-{shot}shot", source="Table 1")
         for way, shot, accuracy in ((5, 1, 98.8), (5, 5, 99.7), (20, 1, 96.0), (20, 5, 98.9)))
-    device = DeviceSettings(channels_last=False)
+    device = DeviceSettings(cuda_graphs=True)
 
     def build_model(self, spec: ModelSpec) -> nn.Module:
         from metactl.nn.backbones import build_backbone

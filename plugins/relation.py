@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from metactl import hookimpl
 from metactl.algorithm import (
     Algorithm,
+    DeviceSettings,
     LabelledImages,
     ModelSpec,
     PaperResult,
@@ -81,6 +82,7 @@ class RelationNetworks(Algorithm):
         "relation_padding": "padding of the relation module's convs (the paper's code: 1 on "
                             "Omniglot, 0 on mini-ImageNet's larger maps)",
     }
+    device = DeviceSettings(cuda_graphs=True)
 
     def build_model(self, spec: ModelSpec) -> nn.Module:
         from metactl.nn.relation import RelationNetwork
@@ -102,7 +104,7 @@ class RelationNetworks(Algorithm):
 
     def loss(self, model: nn.Module, batch: TaskBatch) -> StepResult:
         scores = self.logits(model, self.adapt(model, support_of(batch)), batch.query_images)
-        accuracy = (scores.argmax(-1) == batch.query_labels).float().mean().item()
+        accuracy = (scores.argmax(-1) == batch.query_labels).float().mean()
         return StepResult(relation_loss(scores, batch.query_labels), accuracy)
 
     def predict(self, model: nn.Module, support: LabelledImages, query_images: Tensor) -> Tensor:

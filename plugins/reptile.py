@@ -95,7 +95,8 @@ class Reptile(Algorithm):
         "batch_tasks": "adapt the tasks of a batch in one vmapped forward (false: a loop)",
         "lr_final": "outer step size reached at the end of training (annealed linearly from lr)",
     }
-    device = DeviceSettings(compile=False)
+    # Per-task weights under vmap lose the channels-last layout.
+    device = DeviceSettings(compile=False, channels_last=False)
     adapts_with_gradients = True
     test_steps_setting = "test_inner_steps"
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from metactl import hookimpl
-from metactl.algorithm import Algorithm, LabelledImages, ModelSpec, PaperResult, StepResult
+from metactl.algorithm import (
+    Algorithm,
+    DeviceSettings,
+    LabelledImages,
+    ModelSpec,
+    PaperResult,
+    StepResult,
+)
 from metactl.errors import UsageError
 
 if TYPE_CHECKING:
@@ -76,6 +83,8 @@ class SiameseNetworks(Algorithm):
         "pairs": "same/different training pairs per task, half of each",
         "distortions": "apply the paper's random affine distortions to training images",
     }
+    # float32: the L1 distance of two sigmoid embeddings near each other needs its resolution.
+    device = DeviceSettings(mixed_precision=None)
 
     def build_model(self, spec: ModelSpec) -> nn.Module:
         from metactl.nn.siamese import SiameseNetwork, build_siamese_encoder

@@ -112,11 +112,13 @@ def _device_line(device: Mapping[str, Any]) -> str:
             f"mixed precision {device['mixed_precision'] or 'off'}; "
             f"channels-last {_on_off(device['channels_last'])}; "
             f"compile {_on_off(device['compile'])}; "
-            f"deterministic {_on_off(device['deterministic'])}")
+            f"deterministic {_on_off(device['deterministic'])}; "
+            f"CUDA graphs {_on_off(device.get('cuda_graphs', False))}")
 
 
-def _on_off(flag: bool) -> str:
-    return "on" if flag else "off"
+def _on_off(flag: bool | str) -> str:
+    """``"auto"`` (chosen per device at run time) stays as it is."""
+    return flag if flag == "auto" else "on" if flag else "off"
 
 
 def _print_settings(settings: Mapping[str, Mapping[str, Any]]) -> None:

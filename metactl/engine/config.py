@@ -46,6 +46,7 @@ ENGINE_DEFAULTS: dict[str, Any] = {
     "compile": None,
     "channels_last": None,
     "deterministic": None,
+    "cuda_graphs": None,
 }
 
 # Settings a dataset implies, between the engine's defaults and the algorithm's.
@@ -78,13 +79,17 @@ ENGINE_HELP = {
     "seed": "seed of training (initialisation and task sampling)",
     "device": "auto, cpu or cuda",
     "compile": "torch.compile the model (default: the algorithm's choice)",
-    "channels_last": "channels-last memory format (default: the algorithm's choice)",
+    "channels_last": "channels-last memory format: true, false or auto (default: the "
+                     "algorithm's choice; auto: on the CPU, and on CUDA with bf16 or fp16)",
     "deterministic": "deterministic kernels (default: the algorithm's choice)",
+    "cuda_graphs": "on CUDA, replay each training step from a CUDA graph (default: the "
+                   "algorithm's choice)",
     "meta_batch": "tasks per meta-training step",
     "lr_decay": "multiply the learning rate by this every lr_decay_every steps",
     "val_every": "validate every this many steps",
     "eval_seed": "seed of the fixed evaluation episodes (the same for every algorithm)",
-    "amp": "mixed precision on CUDA: bf16, fp16 or none (default: the algorithm's choice)",
+    "amp": "mixed precision: auto (bf16 where the CPU or GPU computes it natively, else fp32), "
+           "bf16, fp16 (CUDA) or none (default: the algorithm's choice)",
 }
 
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
@@ -203,6 +208,6 @@ def _check_config(config: dict[str, Any]) -> None:
     if config["device"] not in ("auto", "cpu", "cuda") and not str(config["device"]).startswith(
             "cuda:"):
         raise UsageError(f"unknown device {config['device']!r}", "use auto, cpu or cuda")
-    if config["amp"] not in (None, "none", "bf16", "fp16"):
+    if config["amp"] not in (None, "auto", "none", "bf16", "fp16"):
         raise UsageError(f"unknown mixed-precision mode {config['amp']!r}",
-                         "use bf16, fp16 or none")
+                         "use auto, bf16, fp16 or none")

@@ -17,6 +17,7 @@ import torch
 from metactl.algorithm import Algorithm
 from metactl.engine.checkpoint import load_checkpoint, save_checkpoint
 from metactl.engine.device import Placement, placement_for
+from metactl.engine.graphs import gradient_step
 from metactl.engine.run import RunFolder
 from metactl.engine.tasks import TaskSource, load_tasks
 from metactl.errors import UsageError
@@ -38,16 +39,18 @@ def default_run_folder(config: dict[str, Any]) -> Path:
                            f"{config['shot']}shot-{stamp}")
 
 
-def build_optimizer(model: torch.nn.Module, config: dict[str, Any]):
+def build_optimizer(model: torch.nn.Module, config: dict[str, Any], fused: bool = False):
+    """The outer optimizer and its schedule; ``fused``: one kernel for all parameters (CUDA)."""
     parameters = [p for p in model.parameters() if p.requires_grad]
     lr, decay = float(config["lr"]), float(config["weight_decay"])
+    kernels = {"fused": True} if fused else {}
     if config["optimizer"] == "sgd":
         optimizer = torch.optim.SGD(parameters, lr=lr, momentum=float(config["momentum"]),
-                                    weight_decay=decay)
+                                    weight_decay=decay, **kernels)
     elif config["optimizer"] == "rmsprop":
         optimizer = torch.optim.RMSprop(parameters, lr=lr, weight_decay=decay)
     else:
-        optimizer = torch.optim.Adam(parameters, lr=lr, weight_decay=decay)
+        optimizer = torch.optim.Adam(parameters, lr=lr, weight_decay=decay, **kernels)
     every = int(config["lr_decay_every"])
     gamma = float(config["lr_decay"]) if every > 0 else 1.0
     schedule = torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(every, 1), gamma=gamma)
@@ -64,6 +67,7 @@ class Trainer:
         self.deadline = deadline  # a time.monotonic() value; training stops at the next step
         self.report, self.show_progress = report, show_progress
         self.placement: Placement = placement_for(config, algorithm.device)
+        config.update(self.placement.settings())  # config.yaml records what "auto" chose
         self.tasks: TaskSource = load_tasks(config, self.placement.device, mirror, root, report)
         self.spec = self.tasks.spec
         if self.spec.task not in algorithm.tasks:
@@ -75,7 +79,10 @@ class Trainer:
         if self.placement.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.step_model = torch.compile(self.model) if self.placement.compile else self.model
-        self.optimizer, self.schedule = build_optimizer(self.model, config)
+        self.optimizer, self.schedule = build_optimizer(
+            self.model, config, fused=self.placement.device.type == "cuda")
+        self.meta_gradient = gradient_step(algorithm, self.step_model, self.optimizer,
+                                           self.placement)
         self.state = TrainingState(step=0, best_score=-math.inf, best_step=0)
         self._stop_requested = False
         self._saved_step: int | None = None  # the step last.pt holds, once written or read
@@ -166,14 +173,16 @@ class Trainer:
     def _due(self, every: int) -> bool:
         return self.state.step % every == 0 or self.state.step == self.total_steps
 
+    def step(self) -> dict[str, Any]:
+        """One meta-training step (sample, meta-gradient, optimizer step); its metrics record."""
+        return self._one_step()
+
     def _one_step(self) -> dict[str, Any]:
         started = time.perf_counter()
         batch = self.sampler.sample(int(self.config["meta_batch"]))
         self.model.train()
-        self.optimizer.zero_grad(set_to_none=True)
         self.algorithm.progress = self.state.step / self.total_steps
-        with self.placement.autocast():
-            result = self.algorithm.meta_gradient(self.step_model, batch)
+        result = self.meta_gradient(batch)
         if float(self.config["grad_clip"]) > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(self.config["grad_clip"]))
         self.optimizer.step()
@@ -183,9 +192,11 @@ class Trainer:
         if not math.isfinite(loss):
             raise UsageError(f"the training loss became {loss} at step {self.state.step}",
                              "lower the learning rate (--lr) or try --set amp=none")
-        record = {"step": self.state.step, "loss": loss, "accuracy": result.accuracy,
+        record = {"step": self.state.step, "loss": loss,
+                  "accuracy": None if result.accuracy is None else float(result.accuracy),
                   "lr": self.schedule.get_last_lr()[0],
-                  "seconds": time.perf_counter() - started, **result.extra}
+                  "seconds": time.perf_counter() - started,
+                  **{name: float(value) for name, value in result.extra.items()}}
         if self._due(max(1, int(self.config["val_every"]) // 10)):
             self.run.append_metrics({"kind": "train", **record})
         return record

@@ -52,9 +52,12 @@ def build_backbone(name: str, in_channels: int, hidden: int = 64) -> nn.Module:
 
 
 def embed_tasks(encoder: nn.Module, images: Tensor) -> Tensor:
-    """Embed (tasks, images, C, H, W) with one forward pass; returns (tasks, images, features)."""
-    tasks, count = images.shape[:2]
-    return encoder(images.flatten(0, 1)).view(tasks, count, -1)
+    """Embed (tasks, images, C, H, W) with one forward pass, batch-norm statistics per task in
+    training (:func:`metactl.nn.functional.forward_per_task`); returns (tasks, images,
+    features)."""
+    from metactl.nn.functional import forward_per_task
+
+    return forward_per_task(encoder, images).flatten(2)
 
 
 def feature_size(backbone: nn.Module, channels: int, height: int, width: int) -> int:

@@ -84,6 +84,43 @@ def task_forward(module: nn.Module, parameters: Mapping[str, Tensor], inputs: Te
     return torch.stack(outputs)
 
 
+def forward_per_task(module: nn.Module, inputs: Tensor) -> Tensor:
+    """Run ``module`` on a batch of tasks in one call, with batch-norm statistics per task.
+
+    In training mode, a batch-norm layer normalises each task's examples by that task's own
+    mean and variance, as in a loop over tasks, but the tasks go through the network together
+    (``vmap`` over per-task copies of the running statistics). The module's running statistics
+    then take one update with the mean of the tasks' statistics. In evaluation mode, or with one
+    task, or without batch norm, this is a plain forward of the flattened batch.
+
+    Args:
+        module: maps (N, ...) to (N, ...), with batch norm or not.
+        inputs: (T, N, ...).
+
+    Returns:
+        (T, N, ...), the module's outputs per task.
+    """
+    tasks, count = inputs.shape[:2]
+    statistics = {name: buffer for name, buffer in module.named_buffers()
+                  if name.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+    if tasks == 1 or not module.training or not statistics:
+        outputs = module(inputs.flatten(0, 1))
+        return outputs.view(tasks, count, *outputs.shape[1:])
+    per_task = {name: buffer.unsqueeze(0).repeat(tasks, *([1] * buffer.dim()))
+                for name, buffer in statistics.items()}
+    parameters = dict(module.named_parameters())
+
+    def call(task_buffers: Parameters, task_inputs: Tensor) -> Tensor:
+        return functional_call(module, {**parameters, **task_buffers}, (task_inputs,))
+
+    outputs = vmap(call)(per_task, inputs)
+    with torch.no_grad():
+        for name, buffer in statistics.items():
+            updated = per_task[name]
+            buffer.copy_(updated[0] if name.endswith("num_batches_tracked") else updated.mean(0))
+    return outputs
+
+
 def task_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
     """Mean cross-entropy per task.
 

@@ -75,10 +75,10 @@ class RelationNetwork(nn.Module):
         self.relation = RelationModule(hidden, tuple(maps.shape[2:]), padding, fc_hidden)
 
     def feature_maps(self, images: Tensor) -> Tensor:
-        """(T, N, C, H, W) -> (T, N, hidden, h, w)."""
-        tasks, count = images.shape[:2]
-        maps = self.embedding(images.flatten(0, 1))
-        return maps.view(tasks, count, *maps.shape[1:])
+        """(T, N, C, H, W) -> (T, N, hidden, h, w); batch-norm statistics per task."""
+        from metactl.nn.functional import forward_per_task
+
+        return forward_per_task(self.embedding, images)
 
     def scores(self, queries: Tensor, classes: Tensor) -> Tensor:
         """Relation score of every query with every class.

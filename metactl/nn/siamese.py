@@ -80,9 +80,9 @@ class SiameseNetwork(nn.Module):
 
     def embed(self, images: Tensor) -> Tensor:
         """(T, N, C, H, W) -> (T, N, embedding), values in (0, 1)."""
-        tasks, count = images.shape[:2]
-        return torch.sigmoid(self.embedding(self.encoder(images.flatten(0, 1)))).view(
-            tasks, count, -1)
+        from metactl.nn.functional import forward_per_task
+
+        return torch.sigmoid(self.embedding(forward_per_task(self.encoder, images).flatten(2)))
 
     def pair_logits(self, first: Tensor, second: Tensor) -> Tensor:
         """Logit of "same class" for embeddings (..., embedding) paired element-wise; (...)."""

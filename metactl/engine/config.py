@@ -45,6 +45,7 @@ ENGINE_DEFAULTS: dict[str, Any] = {
     "compile": None,
     "channels_last": None,
     "deterministic": None,
+    "logger": None,
 }
 
 # Settings a dataset implies, between the engine's defaults and the algorithm's.
@@ -82,6 +83,7 @@ ENGINE_HELP = {
     "val_every": "validate every this many steps",
     "eval_seed": "seed of the fixed evaluation episodes (the same for every algorithm)",
     "amp": "mixed precision on CUDA: bf16, fp16 or none (default: the algorithm's choice)",
+    "logger": "metrics loggers besides metrics.jsonl, comma-separated: csv, tensorboard",
 }
 
 OPTIMIZERS = ("adam", "sgd", "rmsprop")

@@ -16,7 +16,7 @@ def test_maml_on_sinusoid_adapts_and_plots(tmp_path):
                           "--out", str(run))
     assert trained.returncode == 0, trained.stderr
     plot = tmp_path / "sinusoid.png"
-    evaluated = run_metactl("evaluate", str(run), "--steps", "0,1", "--episodes", "200",
+    evaluated = run_metactl("evaluate", str(run), "--inner-steps", "0,1", "--episodes", "200",
                             "--plot", str(plot), "--json")
     assert evaluated.returncode == 0, evaluated.stderr
     before, after = json.loads(evaluated.stdout)

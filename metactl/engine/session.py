@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from metactl.engine.config import load_config_file, parse_assignments, resolve_config
 from metactl.engine.run import RunFolder, open_run, write_text_atomic
 from metactl.errors import UsageError
+
+if TYPE_CHECKING:
+    from metactl.algorithm import Algorithm
 
 RESUMABLE_CHANGES = ("episodes", "logger")
 
 
 def training_config(algorithm_name: str | None, cli_values: dict[str, Any],
                     config_file: Path | None, assignments: list[str], *,
-                    resume: Path | None = None, steps: int | None = None
+                    resume: Path | None = None, steps: int | None = None,
+                    algorithm_class: type[Algorithm] | None = None
                     ) -> tuple[str, dict[str, Any]]:
     """The algorithm name and resolved config of a new or resumed run; ``steps`` (meta-steps)
-    sets ``episodes`` to ``steps * meta_batch``."""
+    sets ``episodes`` to ``steps * meta_batch``; ``algorithm_class`` replaces the registry's
+    (for an unregistered class)."""
     from metactl.plugins import get_registry
 
     overrides = {**(load_config_file(config_file) if config_file else {}),
@@ -43,7 +48,7 @@ def training_config(algorithm_name: str | None, cli_values: dict[str, Any],
     if not algorithm_name:
         raise UsageError("no algorithm given", "run `metactl train ALGORITHM` "
                          "(see `metactl plugins list`) or `metactl train --resume RUN`")
-    algorithm = get_registry().get(algorithm_name)
+    algorithm = algorithm_class or get_registry().get(algorithm_name)
     config = resolve_config(algorithm_name, algorithm.defaults, {}, overrides, {})
     return algorithm_name, with_meta_steps(config, steps)
 

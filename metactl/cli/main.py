@@ -79,7 +79,8 @@ def plugin_error_line(error: BaseException) -> str | None:
         traceback = traceback.tb_next
     if culprit is None:
         return None
-    first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    first = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
+    first += "" if first.endswith((".", "!", "?")) else "."
     return (f"Error: plugin {culprit.plugin} (algorithm {culprit.algorithm.name}, "
-            f"{culprit.distribution}) failed: {type(error).__name__}: {first[:300]} "
+            f"{culprit.distribution}) failed: {type(error).__name__}: {first} "
             f"Rerun with `metactl --debug ...` for the traceback.")

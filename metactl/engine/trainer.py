@@ -140,6 +140,8 @@ class Trainer:
                     f"({self.config['train_way']}-way {self.config['train_shot']}-shot, "
                     f"{self.total_steps} steps of {self.config['meta_batch']} tasks) on "
                     f"{self.placement.describe()}; run folder {self.run.path}")
+        self.model.eval()
+        self._refresh_statistics()
         with self._graceful_interrupt(), self._progress() as advance:
             while self.state.step < self.total_steps and not self._stop_requested:
                 record = self._one_step()

@@ -244,8 +244,9 @@ class Algorithm:
         feature, say); default: none, and the data is never read.
 
         The engine calls it with the model in evaluation mode under ``torch.no_grad()`` before
-        the first training step, before each validation and at the end of training, stores the result in the checkpoints, and
-        sets it as ``self.statistics`` before validation, evaluation and prediction.
+        the first training step, before each validation and at the end of training, stores the
+        result in the checkpoints, and sets it as ``self.statistics`` before validation,
+        evaluation and prediction.
 
         Args:
             batches: the training split once over, in class order: one task per batch, images

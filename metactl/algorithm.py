@@ -13,7 +13,7 @@ validation, checkpoints, seeds, evaluation with confidence intervals and predict
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -133,6 +133,14 @@ class PaperResult:
         return f"{self.way}w{self.shot}s"
 
 
+def _inherited(cls: type, attribute: str) -> Iterator[tuple[str, Any]]:
+    """The items of ``attribute`` (a mapping) of the nearest base class that has it."""
+    for base in cls.__mro__[1:]:
+        if attribute in base.__dict__:
+            yield from base.__dict__[attribute].items()
+            return
+
+
 def support_of(batch: TaskBatch) -> LabelledImages:
     return LabelledImages(batch.support_images, batch.support_labels, batch.way)
 
@@ -207,7 +215,7 @@ class Algorithm:
         tasks: the kinds of task the algorithm handles: ``"classification"`` and, for
             methods whose model is not tied to images, ``"regression"``.
         test_steps_setting: the hyperparameter holding the number of inner gradient steps at
-            test time, for ``metactl evaluate --steps``; ``None`` when there are none.
+            test time, for ``metactl evaluate --inner-steps``; ``None`` when there are none.
         learns_from_sequences: whether the algorithm implements :meth:`sequence_logits`, so
             that ``metactl evaluate --positions`` can score it by instance position (MANN).
         paper_protocols: the paper's training protocols as data, by name: the settings that
@@ -237,6 +245,22 @@ class Algorithm:
         # Fraction of meta-training done before the current step, in [0, 1); the trainer sets
         # it before each step (schedules such as Reptile's annealed outer step read it).
         self.progress: float | None = None
+        # What training_statistics returned; restored from the checkpoint for evaluation.
+        self.statistics: dict[str, Tensor] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A subclass's ``defaults`` and ``hyperparameter_help`` extend its parent's: an entry
+        of the subclass (``"*"``, ``"omniglot"``...) updates the parent's entry of that name
+        key by key, so a subclass states only what it changes."""
+        super().__init_subclass__(**kwargs)
+        if "defaults" in cls.__dict__:
+            merged = {setting: dict(values) for setting, values in _inherited(cls, "defaults")}
+            for setting, values in cls.__dict__["defaults"].items():
+                merged[setting] = {**merged.get(setting, {}), **values}
+            cls.defaults = merged
+        if "hyperparameter_help" in cls.__dict__:
+            cls.hyperparameter_help = {**dict(_inherited(cls, "hyperparameter_help")),
+                                       **cls.__dict__["hyperparameter_help"]}
 
     def build_model(self, spec: ModelSpec) -> nn.Module:
         """The network whose parameters the engine's outer optimizer trains."""
@@ -260,6 +284,26 @@ class Algorithm:
             float, (tasks, queries, way).
         """
         raise NotImplementedError(f"{type(self).__name__} must implement logits")
+
+    def training_statistics(self, model: nn.Module, batches: Iterable[LabelledImages]
+                            ) -> dict[str, Tensor]:
+        """Statistics of the training data that the query pass needs (SimpleShot's mean
+        feature, say); default: none, and the data is never read.
+
+        The engine calls it with the model in evaluation mode under ``torch.no_grad()`` before
+        the first training step, before each validation and at the end of training, stores the
+        result in the checkpoints, and sets it as ``self.statistics`` before validation,
+        evaluation and prediction.
+
+        Args:
+            batches: the training split once over, in class order: one task per batch, images
+                float (1, N, C, H, W) in [0, 1] on the model's device, labels int64 (1, N), the
+                training class of each image; empty for synthetic tasks (sinusoid).
+
+        Returns:
+            name -> tensor; small (it is saved with every checkpoint).
+        """
+        return {}
 
     def sequence_logits(self, model: nn.Module, sequence: LabelledImages) -> Tensor:
         """For online learners: class scores of a labelled sequence presented in order, each

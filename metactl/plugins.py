@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import metadata
+from typing import Any
 
 import pluggy
 
@@ -101,11 +103,59 @@ def _check_algorithm(algorithm: type[Algorithm]) -> None:
                               "add the protocol to paper_protocols or fix its name")
 
 
+@dataclass(frozen=True)
+class RegisteredLogger:
+    name: str
+    factory: Callable[..., Any]
+    plugin: str
+    distribution: str
+
+
+class LoggerRegistry:
+    """The metrics loggers contributed by plugins (``--set logger=NAME``), by name."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, RegisteredLogger] = {}
+        self._plugin, self._distribution, self._pending = "?", "?", []
+
+    def _begin(self, plugin: str, distribution: str) -> None:
+        self._plugin, self._distribution, self._pending = plugin, distribution, []
+
+    def _rollback(self) -> None:
+        for name in self._pending:
+            del self._entries[name]
+        self._pending = []
+
+    def add(self, name: str, factory: Callable[..., Any]) -> None:
+        """Register ``factory(run_folder, config, start_step) -> logger`` under ``name``."""
+        if not NAME_PATTERN.match(name or ""):
+            raise PluginError(f"invalid logger name {name!r}",
+                              "use lower-case letters, digits and dashes")
+        existing = self._entries.get(name)
+        if existing is not None:
+            raise PluginError(f"logger {name!r} is registered by both {existing.distribution} "
+                              f"and {self._distribution}", "uninstall one of the two packages")
+        self._entries[name] = RegisteredLogger(name, factory, self._plugin, self._distribution)
+        self._pending.append(name)
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def get(self, name: str) -> RegisteredLogger:
+        if name not in self._entries:
+            close = difflib.get_close_matches(name, self.names(), n=1)
+            hint = (f"did you mean {close[0]!r}?" if close
+                    else f"known loggers: {', '.join(self.names()) or 'none'}")
+            raise UsageError(f"unknown logger {name!r}", hint)
+        return self._entries[name]
+
+
 @dataclass
 class PluginSet:
     manager: pluggy.PluginManager
     registry: AlgorithmRegistry
     failures: list[PluginFailure]
+    loggers: LoggerRegistry
 
 
 def _distribution_name(entry_point: metadata.EntryPoint) -> str:
@@ -126,28 +176,32 @@ def load_plugins() -> PluginSet:
     """
     manager = pluggy.PluginManager(hookspecs.PROJECT)
     manager.add_hookspecs(hookspecs)
-    registry = AlgorithmRegistry()
+    registry, loggers = AlgorithmRegistry(), LoggerRegistry()
     failures: list[PluginFailure] = []
     for entry_point in _entry_points():
         distribution = _distribution_name(entry_point)
         registry._begin(entry_point.name, distribution)
+        loggers._begin(entry_point.name, distribution)
         try:
-            _load_one(manager, registry, entry_point)
+            _load_one(manager, {"metactl_register_algorithms": registry,
+                                "metactl_register_loggers": loggers}, entry_point)
         except Exception as error:  # noqa: BLE001 - a broken plugin must not break the others
             registry._rollback()
+            loggers._rollback()
             failures.append(PluginFailure(entry_point.name, distribution, _describe(error)))
-    return PluginSet(manager, registry, failures)
+    return PluginSet(manager, registry, failures, loggers)
 
 
-def _load_one(manager: pluggy.PluginManager, registry: AlgorithmRegistry,
+def _load_one(manager: pluggy.PluginManager, registries: dict[str, Any],
               entry_point: metadata.EntryPoint) -> None:
     module = entry_point.load()
     manager.register(module, name=entry_point.name)
     try:
         manager.check_pending()
-        for implementation in manager.hook.metactl_register_algorithms.get_hookimpls():
-            if implementation.plugin is module:
-                implementation.function(registry=registry)
+        for hook_name, registry in registries.items():
+            for implementation in getattr(manager.hook, hook_name).get_hookimpls():
+                if implementation.plugin is module:
+                    implementation.function(registry=registry)
     except BaseException:
         manager.unregister(module)
         raise
@@ -160,3 +214,21 @@ def _describe(error: Exception) -> str:
 
 def get_registry() -> AlgorithmRegistry:
     return load_plugins().registry
+
+
+def get_loggers() -> LoggerRegistry:
+    return load_plugins().loggers
+
+
+def plugin_of(module_name: str) -> RegisteredAlgorithm | None:
+    """The registered algorithm whose plugin owns ``module_name``: the algorithm's own module,
+    else one of the same top-level package; None for modules of no plugin."""
+    entries = get_registry().entries()
+    for entry in entries:
+        if module_name == entry.algorithm.__module__:
+            return entry
+    package = module_name.partition(".")[0]
+    for entry in entries:
+        if entry.algorithm.__module__.partition(".")[0] == package:
+            return entry
+    return None

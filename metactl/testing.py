@@ -1,12 +1,14 @@
 """Conformance checks every algorithm plugin should pass; a pytest plugin for plugin authors.
 
-Installed with metactl as the pytest plugin ``metactl``, it gives tests a fixture::
+Installed with metactl as the pytest plugin ``metactl`` (active in any pytest run of an
+environment where metactl is installed), it gives tests a fixture::
 
     def test_my_method_conforms(metactl_conformance):
-        metactl_conformance("my-method")
+        metactl_conformance("my-method")          # a registered name, or the class itself
 
 which builds the model, takes one meta-training step on a tiny random batch (finite loss,
-gradients reach the parameters) and predicts (probabilities that sum to one).
+gradients reach the parameters), computes the training statistics and predicts (probabilities
+that sum to one), in evaluation mode as the engine does.
 """
 
 from __future__ import annotations
@@ -39,16 +41,21 @@ def tiny_batch(way: int = 3, shot: int = 2, query: int = 2, tasks: int = 2,
         classes=classes, way=way, shot=shot, query=query)
 
 
-def check_algorithm(name: str, overrides: dict[str, Any] | None = None) -> None:
-    """Build ``name``, take one meta-step on a tiny batch and predict; raise AssertionError
-    naming the first broken promise."""
+def check_algorithm(algorithm: str | type, overrides: dict[str, Any] | None = None) -> None:
+    """Build ``algorithm`` (a registered name or an Algorithm subclass), take one meta-step on
+    a tiny batch and predict; raise AssertionError naming the first broken promise."""
     import torch
 
-    from metactl.algorithm import ModelSpec, support_of
+    from metactl.algorithm import LabelledImages, ModelSpec, support_of
     from metactl.engine.config import resolve_config
-    from metactl.plugins import get_registry
+    from metactl.plugins import _check_algorithm, get_registry
 
-    algorithm_class = get_registry().get(name)
+    if isinstance(algorithm, str):
+        algorithm_class = get_registry().get(algorithm)
+    else:
+        _check_algorithm(algorithm)
+        algorithm_class = algorithm
+    name = algorithm_class.name
     values = {"way": TINY["way"], "shot": TINY["shot"], "query": TINY["query"],
               "train_way": TINY["way"], "train_query": TINY["query"],
               "meta_batch": TINY["tasks"], **(overrides or {})}
@@ -67,6 +74,13 @@ def check_algorithm(name: str, overrides: dict[str, Any] | None = None) -> None:
     assert all(bool(torch.isfinite(g).all()) for g in gradients), f"{name}: non-finite gradient"
     assert any(bool(g.abs().sum() > 0) for g in gradients), f"{name}: all gradients are zero"
     model.eval()
+    with torch.no_grad():
+        images = batch.support_images[:1]
+        statistics = algorithm.training_statistics(
+            model, iter([LabelledImages(images, batch.classes[:1].repeat_interleave(
+                TINY["shot"], dim=1), TINY["classes"])]))
+    assert isinstance(statistics, dict), f"{name}: training_statistics must return a dict"
+    algorithm.statistics = statistics
     with algorithm.gradient_mode():
         probabilities = algorithm.predict(model, support_of(batch), batch.query_images)
     expected = (TINY["tasks"], TINY["way"] * TINY["query"], TINY["way"])
@@ -79,5 +93,5 @@ def check_algorithm(name: str, overrides: dict[str, Any] | None = None) -> None:
 
 @pytest.fixture
 def metactl_conformance() -> Callable[..., None]:
-    """``metactl_conformance(name, overrides=None)`` runs :func:`check_algorithm`."""
+    """``metactl_conformance(name_or_class, overrides=None)`` runs :func:`check_algorithm`."""
     return check_algorithm

@@ -22,23 +22,6 @@ if TYPE_CHECKING:
     from metactl.plugins import AlgorithmRegistry
 
 
-def class_means(embeddings: Tensor, labels: Tensor, way: int) -> Tensor:
-    """Mean embedding per class.
-
-    Args:
-        embeddings: (tasks, images, dim).
-        labels: int64, (tasks, images), values in [0, way).
-
-    Returns:
-        (tasks, way, dim).
-    """
-    import torch
-
-    one_hot = torch.nn.functional.one_hot(labels, way).to(embeddings.dtype)  # (tasks, images, way)
-    sums = one_hot.transpose(1, 2) @ embeddings
-    return sums / one_hot.sum(1).unsqueeze(-1).clamp_min(1)
-
-
 def squared_distances(queries: Tensor, prototypes: Tensor) -> Tensor:
     """(tasks, queries, dim) and (tasks, way, dim) -> (tasks, queries, way)."""
     return (queries.unsqueeze(2) - prototypes.unsqueeze(1)).pow(2).sum(-1)
@@ -87,6 +70,7 @@ class PrototypicalNetworks(Algorithm):
 
     def task_state(self, model: nn.Module, support: LabelledImages) -> Tensor:
         from metactl.nn.backbones import embed_tasks
+        from metactl.nn.metric import class_means
 
         return class_means(embed_tasks(model, support.images), support.labels, support.way)
 
@@ -96,6 +80,7 @@ class PrototypicalNetworks(Algorithm):
         import torch
 
         from metactl.nn.backbones import embed_tasks
+        from metactl.nn.metric import class_means
 
         embeddings = embed_tasks(model, torch.cat([batch.support_images, batch.query_images], 1))
         support_count = batch.support_images.shape[1]

@@ -9,6 +9,14 @@ import pytest
 from testsupport import SHARED_DATASETS
 
 
+def pytest_configure(config) -> None:
+    """Tune the allocator as the `metactl` command does (the library leaves the process alone):
+    the in-process trainings and evaluations of the tests then run at the command's speed."""
+    from metactl.engine.device import keep_freed_memory
+
+    keep_freed_memory()
+
+
 @pytest.fixture(scope="session")
 def omniglot_root(tmp_path_factory) -> Path:
     """A data root holding the complete, real Omniglot (Vinyals store at 28 px), built once per

@@ -74,14 +74,26 @@ def train_plainly(module, images, labels, steps: int, lr: float, optimizer: str 
     return module
 
 
-def write_plugin(folder: Path, module: str, source: str, group: str = "metactl") -> Path:
-    """A throwaway installed plugin: ``folder/<module>.py`` and a dist-info registering it in
-    the entry-point ``group``. Put ``folder`` on a subprocess's ``PYTHONPATH`` to load it."""
+def fake_plugin(folder: Path, name: str, source: str, version: str = "0.1") -> dict[str, str]:
+    """A plugin importable from ``folder``: the module ``<name>`` holding ``source`` and the
+    metadata of the distribution ``<name>`` with its ``metactl`` entry point, no pip needed.
+    Returns the environment (``PYTHONPATH``) under which ``metactl`` finds it."""
+    module = name.replace("-", "_")
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{module}.py").write_text(source, encoding="utf-8")
-    info = folder / f"{module}-0.1.dist-info"
-    info.mkdir(exist_ok=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.1\n",
+    info = folder / f"{module}-{version}.dist-info"
+    info.mkdir(parents=True, exist_ok=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
                                    encoding="utf-8")
-    (info / "entry_points.txt").write_text(f"[{group}]\n{module} = {module}\n", encoding="utf-8")
-    return folder
+    (info / "entry_points.txt").write_text(f"[metactl]\n{name} = {module}\n", encoding="utf-8")
+    path = os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))
+    return {"PYTHONPATH": path}
+
+
+def png_pixels(path: Path):
+    """The RGB pixels of a PNG as an (height, width, 3) uint8 array."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))

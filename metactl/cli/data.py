@@ -15,9 +15,22 @@ app = typer.Typer(help="Download, verify and preprocess datasets; draw episode f
 DatasetArgument = Annotated[str, typer.Argument(help="Dataset name, e.g. omniglot.")]
 SchemeOption = Annotated[
     str | None,
-    typer.Option("--split", help="Split scheme: vinyals (default) or background.",
+    typer.Option("--scheme", help="Split scheme: vinyals (default) or background.",
                  show_default=False),
 ]
+OldSchemeOption = Annotated[
+    str | None,
+    typer.Option("--split", help="Deprecated spelling of --scheme.", hidden=True,
+                 show_default=False),
+]
+
+
+def _scheme(scheme: str | None, old_spelling: str | None) -> str | None:
+    """``--scheme``, or the deprecated ``--split`` that used to name the scheme here."""
+    if old_spelling is not None:
+        say("note: --split here is now --scheme (--split names train, val or test in every "
+            "command); the old spelling will be removed")
+    return scheme or old_spelling
 SizeOption = Annotated[
     int | None,
     typer.Option("--size", help="Image side in pixels (default from the card: 28 for Omniglot).",
@@ -63,11 +76,13 @@ def fetch(dataset: DatasetArgument, root: RootOption = None, mirror: MirrorOptio
 def preprocess(dataset: DatasetArgument, root: RootOption = None, scheme: SchemeOption = None,
                size: SizeOption = None,
                force: Annotated[bool, typer.Option("--force", help="Rebuild an existing "
-                                                   "store.")] = False):
+                                                   "store.")] = False,
+               old_scheme: OldSchemeOption = None):
     """Build the HDF5 store of a fetched dataset for a split scheme and image size."""
     from metactl.data.manage import preprocess_dataset
 
-    preprocess_dataset(dataset, root=root, scheme=scheme, size=size, force=force, report=say)
+    preprocess_dataset(dataset, root=root, scheme=_scheme(scheme, old_scheme), size=size,
+                       force=force, report=say)
 
 
 @app.command()
@@ -80,8 +95,7 @@ def split(
     episodes: Annotated[int, typer.Option(help="Number of tasks.")] = 1000,
     split_name: Annotated[str, typer.Option("--split", help="train, val or test.")] = "test",
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same file.")] = 0,
-    scheme: Annotated[str | None, typer.Option("--scheme", help="Split scheme (default "
-                                               "vinyals).", show_default=False)] = None,
+    scheme: SchemeOption = None,
     size: SizeOption = None,
     root: RootOption = None,
 ):
@@ -98,13 +112,14 @@ def split(
 @app.command()
 def info(dataset: DatasetArgument, root: RootOption = None, scheme: SchemeOption = None,
          size: SizeOption = None,
-         as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False):
+         as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+         old_scheme: OldSchemeOption = None):
     """Print a store's splits, classes, images, shapes and provenance."""
     from metactl.data.hdf5 import open_store
     from metactl.data.manage import layout_for
 
     layout = layout_for(dataset, root)
-    scheme_name = layout.card.split_scheme(scheme).name
+    scheme_name = layout.card.split_scheme(_scheme(scheme, old_scheme)).name
     summary = open_store(layout.store_path(scheme_name, size)).summary()
     if as_json:
         print_json(summary)

@@ -15,19 +15,43 @@ DeviceOption = Annotated[
 ]
 
 
-def _option(help_text: str, *names: str):
-    return typer.Option(*names, help=help_text, show_default=False)
+def _option(help_text: str, *names: str, **extra):
+    return typer.Option(*names, help=help_text, show_default=False, **extra)
+
+
+def _complete_algorithm(incomplete: str) -> list[str]:
+    from metactl.cli.completion import algorithm_names
+
+    return algorithm_names(incomplete)
+
+
+def _complete_dataset(incomplete: str) -> list[str]:
+    from metactl.cli.completion import dataset_names
+
+    return dataset_names(incomplete)
+
+
+def tune_process() -> None:
+    """Process-wide tuning that only the command line applies (never the library): glibc
+    keeps freed memory between steps."""
+    from metactl.engine.device import keep_freed_memory
+
+    keep_freed_memory()
 
 
 def train(
     algorithm: Annotated[str, typer.Argument(help="Algorithm name (see `metactl plugins "
-                                             "list`).")] = "",
-    dataset: Annotated[str | None, _option("Dataset (default omniglot).", "--dataset")] = None,
+                                             "list`).", autocompletion=_complete_algorithm)] = "",
+    dataset: Annotated[str | None, _option("Dataset (default omniglot).", "--dataset",
+                                           autocompletion=_complete_dataset)] = None,
     way: Annotated[int | None, _option("Classes per test/validation task.", "--way")] = None,
     shot: Annotated[int | None, _option("Support images per class.", "--shot")] = None,
     query: Annotated[int | None, _option("Query images per class.", "--query")] = None,
     train_way: Annotated[int | None, _option("Classes per training task.", "--train-way")] = None,
-    episodes: Annotated[int | None, _option("Training tasks in all.", "--episodes")] = None,
+    episodes: Annotated[int | None, _option("Training tasks in all (steps x meta-batch).",
+                                            "--episodes")] = None,
+    steps: Annotated[int | None, _option("Meta-training steps, instead of --episodes "
+                                         "(episodes = steps x meta-batch).", "--steps")] = None,
     meta_batch: Annotated[int | None, _option("Tasks per meta-step.", "--meta-batch")] = None,
     lr: Annotated[float | None, _option("Outer learning rate.", "--lr")] = None,
     seed: Annotated[int | None, _option("Random seed.", "--seed")] = None,
@@ -38,17 +62,28 @@ def train(
     out: Annotated[Path | None, _option("Run folder (default runs/<algorithm>-...).",
                                         "--out")] = None,
     resume: Annotated[Path | None, _option("Continue the run in this folder.", "--resume")] = None,
+    print_config: Annotated[bool, typer.Option("--print-config", help="Print the resolved "
+                                               "settings as YAML and exit.")] = False,
     root: RootOption = None,
     mirror: MirrorOption = None,
 ):
-    """Meta-train an algorithm; writes a run folder with config, checkpoints and metrics."""
-    from metactl.engine.session import start_training
+    """Meta-train an algorithm; writes a run folder (config, checkpoints, metrics, run.json)."""
+    from metactl.engine.session import start_training, training_config
 
     cli_values = {"dataset": dataset, "way": way, "shot": shot, "query": query,
                   "train_way": train_way, "episodes": episodes, "meta_batch": meta_batch,
                   "lr": lr, "seed": seed, "device": device}
+    if print_config:
+        import yaml
+
+        _, resolved = training_config(algorithm or None, cli_values, config, assignments or [],
+                                      resume=resume, steps=steps)
+        typer.echo(yaml.safe_dump(resolved, sort_keys=True).rstrip())
+        return
+    tune_process()
     run, state = start_training(algorithm or None, cli_values, config, assignments or [],
-                                out=out, resume=resume, root=root, mirror=mirror, report=say)
+                                out=out, resume=resume, root=root, mirror=mirror, report=say,
+                                steps=steps)
     typer.echo(str(run.path))
 
 
@@ -58,15 +93,21 @@ def evaluate(
     way: Annotated[int | None, _option("Classes per task (default: the run's).", "--way")] = None,
     shot: Annotated[int | None, _option("Support images per class.", "--shot")] = None,
     query: Annotated[int | None, _option("Query images per class.", "--query")] = None,
-    split: Annotated[str, typer.Option("--split", help="Split to evaluate on.")] = "test",
+    split: Annotated[str, typer.Option("--split", help="Split to evaluate on: train, val or "
+                                       "test.")] = "test",
     episode_file: Annotated[Path | None, _option("Fixed episodes from `metactl data split`.",
                                                  "--episode-file")] = None,
     seed: Annotated[int | None, _option("Seed of the drawn episodes (default: the run's "
                                         "eval_seed, 0).", "--seed")] = None,
-    steps: Annotated[str | None, _option("Inner gradient steps at test time, e.g. 0,1,10 (one "
-                                         "evaluation each).", "--steps")] = None,
+    inner_steps: Annotated[str | None, _option("Inner gradient steps at test time, e.g. 0,1,10 "
+                                               "(one evaluation each).", "--inner-steps")] = None,
+    old_steps: Annotated[str | None, _option("Deprecated spelling of --inner-steps.", "--steps",
+                                             hidden=True)] = None,
+    assignments: Annotated[list[str] | None, _option("An evaluation-time setting, as key=value "
+                                                     "(repeatable), e.g. distance=cosine.",
+                                                     "--set")] = None,
     plot: Annotated[Path | None, _option("Sinusoid runs: plot one test task's curve and the "
-                                         "predictions after each number of steps.",
+                                         "predictions after each number of inner steps.",
                                          "--plot")] = None,
     positions: Annotated[str | None, _option("Online learners (mann): accuracy by instance "
                                              "position on fixed labelled sequences, e.g. "
@@ -76,34 +117,43 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ):
     """Mean test accuracy (or regression error) with its 95% CI over fixed episodes."""
-    from metactl.engine.session import evaluate_and_record, parse_steps, plot_sinusoid
+    from metactl.engine.config import parse_assignments
+    from metactl.engine.session import (
+        describe_evaluation,
+        evaluate_and_record,
+        evaluation_document,
+        parse_steps,
+        plot_sinusoid,
+    )
 
+    tune_process()
+    if old_steps is not None:
+        say("note: `evaluate --steps` is now `--inner-steps` (`train --steps` counts "
+            "meta-training steps); the old spelling will be removed")
+        inner_steps = inner_steps or old_steps
+    settings = parse_assignments(assignments or [])
     if positions is not None:
-        _refuse_with_positions(shot=shot, query=query, episode_file=episode_file, steps=steps,
-                               plot=plot)
+        _refuse_with_positions(shot=shot, query=query, episode_file=episode_file,
+                               inner_steps=inner_steps, plot=plot, set=assignments)
         _evaluate_positions(run, positions, episodes=episodes, way=way, split=split, seed=seed,
                             device=device, root=root, as_json=as_json)
         return
-    step_counts = parse_steps(steps)
+    step_counts = parse_steps(inner_steps)
     results = [evaluate_and_record(run, episodes=episodes, way=way, shot=shot, query=query,
                                    split=split, episode_file=episode_file, seed=seed,
-                                   device=device, root=root, inner_steps=count)
+                                   device=device, root=root, inner_steps=count,
+                                   settings=settings)
                for count in step_counts]
     if plot is not None:
         plot_sinusoid(run, step_counts, plot, shot=shot, seed=seed, device=device)
         say(f"wrote {plot}")
     if as_json:
-        documents = [{**result.to_json(), **({} if count is None else {"inner_steps": count})}
+        documents = [evaluation_document(result, count, settings)
                      for count, result in zip(step_counts, results, strict=True)]
-        print_json(documents[0] if steps is None else documents)
+        print_json(documents[0] if inner_steps is None else documents)
         return
     for count, result in zip(step_counts, results, strict=True):
-        setting = "" if count is None else f" after {count} inner steps"
-        task = (f"{result.way}-way {result.shot}-shot" if result.metric == "accuracy"
-                else f"{result.shot}-shot regression")
-        typer.echo(f"{task} {result.split}{setting}: {result.describe()} "
-                   f"(95% CI, {result.episodes} episodes, {result.query} queries per "
-                   f"{'class' if result.metric == 'accuracy' else 'task'})")
+        typer.echo(describe_evaluation(result, count))
 
 
 def _refuse_with_positions(**options) -> None:
@@ -144,6 +194,7 @@ def predict(
     from metactl.engine.predictor import check_output_path, write_predictions
     from metactl.engine.predictor import predict as run_prediction
 
+    tune_process()
     if output is not None:
         check_output_path(output)
     predictions = run_prediction(run, support, queries, device=device)

@@ -47,6 +47,7 @@ ENGINE_DEFAULTS: dict[str, Any] = {
     "channels_last": None,
     "deterministic": None,
     "cuda_graphs": None,
+    "logger": None,
 }
 
 # Settings a dataset implies, between the engine's defaults and the algorithm's.
@@ -90,6 +91,7 @@ ENGINE_HELP = {
     "eval_seed": "seed of the fixed evaluation episodes (the same for every algorithm)",
     "amp": "mixed precision: auto (bf16 where the CPU or GPU computes it natively, else fp32), "
            "bf16, fp16 (CUDA) or none (default: the algorithm's choice)",
+    "logger": "metrics loggers besides metrics.jsonl, comma-separated: csv, tensorboard",
 }
 
 OPTIMIZERS = ("adam", "sgd", "rmsprop")

@@ -154,7 +154,6 @@ def keep_freed_memory() -> bool:
 def placement_for(config: dict[str, Any], settings: DeviceSettings) -> Placement:
     """Merge the algorithm's settings with the user's overrides in ``config``; ``auto`` (or no
     value) picks per device."""
-    keep_freed_memory()
     device = choose_device(str(config["device"]), settings)
 
     def pick(key: str, default: Any) -> Any:

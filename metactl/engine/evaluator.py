@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -103,15 +104,18 @@ def evaluate_run(run_path: Path, *, episodes: int | None = None, way: int | None
                  shot: int | None = None, query: int | None = None, split: str = "test",
                  episode_file: Path | None = None, seed: int | None = None,
                  device: str | None = None, root: str | None = None,
-                 inner_steps: int | None = None) -> EvaluationResult:
+                 inner_steps: int | None = None, settings: Mapping[str, Any] | None = None,
+                 algorithm: type[Algorithm] | None = None) -> EvaluationResult:
     """Evaluate a trained run on fixed episodes (the same for every algorithm by default);
-    ``inner_steps`` replaces the algorithm's number of inner gradient steps at test time."""
+    ``inner_steps`` replaces the algorithm's number of inner gradient steps at test time,
+    ``settings`` any evaluation-time setting (``evaluate --set``), ``algorithm`` the registered
+    class (for runs of an unregistered one)."""
     from metactl.data.episodes import EpisodeSet
     from metactl.data.manage import draw_episodes, open_split
     from metactl.engine.run import load_trained
     from metactl.errors import UsageError
 
-    trained = load_trained(run_path, device)
+    trained = load_trained(run_path, device, algorithm=algorithm, settings=settings)
     if inner_steps is not None:
         from metactl.engine.sinusoid_report import with_steps
 

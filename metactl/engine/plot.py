@@ -1,15 +1,19 @@
-"""A small line plot drawn with Pillow, so that reports need no plotting library."""
+"""Figures drawn with matplotlib, an optional extra (``pip install 'metactl[plot]'``).
+
+Figures are built with ``matplotlib.figure.Figure`` directly, never through pyplot, so that
+plotting changes no process-wide state (no backend switch, no global figure list).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-
-from PIL import Image, ImageDraw
+from typing import TYPE_CHECKING
 
 from metactl.fileio import atomic_write
 
-WIDTH, HEIGHT, MARGIN = 720, 420, 48
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 @dataclass(frozen=True)
@@ -21,40 +25,37 @@ class Series:
     markers: bool = False  # draw points instead of a line
 
 
-def _bounds(series: list[Series]) -> tuple[float, float, float, float]:
-    xs = [x for item in series for x in item.xs]
-    ys = [y for item in series for y in item.ys]
-    pad = 0.05 * ((max(ys) - min(ys)) or 1.0)
-    return min(xs), max(xs), min(ys) - pad, max(ys) + pad
+def new_figure(width: float, height: float) -> Figure:
+    """A matplotlib figure; a one-line error saying how to install matplotlib when it is not."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        from metactl.loggers import missing_extra
+
+        raise missing_extra("matplotlib", "plot", "plotting") from None
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 
-def line_plot(series: list[Series], path: Path, title: str = "") -> Path:
-    """Draw ``series`` on shared axes with a legend and write a PNG atomically."""
-    image = Image.new("RGB", (WIDTH, HEIGHT), "white")
-    draw = ImageDraw.Draw(image)
-    x_low, x_high, y_low, y_high = _bounds(series)
-
-    def at(x: float, y: float) -> tuple[float, float]:
-        return (MARGIN + (x - x_low) / (x_high - x_low) * (WIDTH - 2 * MARGIN),
-                HEIGHT - MARGIN - (y - y_low) / (y_high - y_low) * (HEIGHT - 2 * MARGIN))
-
-    draw.rectangle([MARGIN, MARGIN, WIDTH - MARGIN, HEIGHT - MARGIN], outline=(160, 160, 160))
-    if y_low < 0 < y_high:
-        draw.line([at(x_low, 0), at(x_high, 0)], fill=(220, 220, 220))
-    for item in series:
-        points = [at(x, y) for x, y in zip(item.xs, item.ys, strict=True)]
-        if item.markers:
-            for px, py in points:
-                draw.ellipse([px - 4, py - 4, px + 4, py + 4], fill=item.color)
-        else:
-            draw.line(points, fill=item.color, width=2)
-    for index, item in enumerate(series):
-        top = MARGIN + 6 + 16 * index
-        draw.rectangle([WIDTH - MARGIN - 190, top + 4, WIDTH - MARGIN - 178, top + 10],
-                       fill=item.color)
-        draw.text((WIDTH - MARGIN - 172, top), item.label, fill=(0, 0, 0))
-    draw.text((MARGIN, 16), title, fill=(0, 0, 0))
-    draw.text((MARGIN, HEIGHT - MARGIN + 8), f"x from {x_low:g} to {x_high:g}", fill=(0, 0, 0))
-    with atomic_write(path, "choose a writable path for --plot") as temporary:
-        image.save(temporary, format="PNG")
+def save_figure(figure: Figure, path: Path, hint: str = "choose a writable output path") -> Path:
+    """Write ``figure`` as a PNG, atomically."""
+    with atomic_write(path, hint) as temporary:
+        figure.savefig(temporary, format="png")
     return Path(path)
+
+
+def line_plot(series: list[Series], path: Path, title: str = "", xlabel: str = "x",
+              ylabel: str = "y") -> Path:
+    """Draw ``series`` on shared axes with a legend, axis values and labels; write a PNG."""
+    figure = new_figure(7.2, 4.2)
+    axes = figure.add_subplot()
+    for item in series:
+        color = tuple(channel / 255 for channel in item.color)
+        if item.markers:
+            axes.plot(item.xs, item.ys, "o", color=color, label=item.label, markersize=6)
+        else:
+            axes.plot(item.xs, item.ys, "-", color=color, label=item.label, linewidth=1.8)
+    axes.axhline(0, color="0.85", linewidth=0.8, zorder=0)
+    axes.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    axes.grid(alpha=0.3)
+    axes.legend(loc="best", fontsize="small")
+    return save_figure(figure, path, "choose a writable path for --plot")

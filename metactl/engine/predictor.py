@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     import torch
     from torch import Tensor, nn
 
+    from metactl.algorithm import Algorithm
+
 QUERY_CHUNK = 256
 """Queries classified per forward pass; bounds memory for folders of thousands of images."""
 
@@ -199,7 +201,8 @@ def _model_device(model: nn.Module) -> torch.device:
 
 
 def predict(run_path: Path, support: Path, queries: Sequence[Path], device: str | None = None,
-            chunk_size: int = QUERY_CHUNK) -> list[Prediction]:
+            chunk_size: int = QUERY_CHUNK, algorithm: type[Algorithm] | None = None
+            ) -> list[Prediction]:
     """Adapt the run's model to ``support`` and classify every query image.
 
     Args:
@@ -208,6 +211,7 @@ def predict(run_path: Path, support: Path, queries: Sequence[Path], device: str 
         queries: images or folders of images.
         device: ``auto``, ``cpu`` or ``cuda``; default: the run's.
         chunk_size: queries per forward pass.
+        algorithm: the run's Algorithm class when it is not a registered one.
 
     Returns:
         One :class:`Prediction` per query image, in the order of ``load_query_paths``.
@@ -216,7 +220,7 @@ def predict(run_path: Path, support: Path, queries: Sequence[Path], device: str 
     from metactl.algorithm import LabelledImages
     from metactl.engine.run import load_trained
 
-    trained = load_trained(run_path, device)
+    trained = load_trained(run_path, device, algorithm=algorithm)
     invert = bool(trained.checkpoint.get("invert", False))
     query_paths = load_query_paths(queries)
     images, labels, class_names = load_support_folder(support, trained.image_shape, invert)

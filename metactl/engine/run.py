@@ -6,12 +6,16 @@
 <run>/checkpoints/best.pt  the model with the best validation accuracy
 <run>/metrics.jsonl        one JSON object per logged step or validation
 <run>/evaluation-*.json    results of `metactl evaluate`
+<run>/run.json             provenance and status (metactl.engine.record)
+<run>/console.log          what the console showed, with times
 ```
 """
 
 from __future__ import annotations
 
+import difflib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -119,8 +123,17 @@ class TrainedModel:
                              self.algorithm.device)
 
 
-def load_trained(path: str | Path, device: str | None = None) -> TrainedModel:
-    """Rebuild a run's model from its config and best (else last) checkpoint."""
+def load_trained(path: str | Path, device: str | None = None,
+                 algorithm: type[Algorithm] | None = None,
+                 settings: Mapping[str, Any] | None = None) -> TrainedModel:
+    """Rebuild a run's model from its config and best (else last) checkpoint.
+
+    Args:
+        algorithm: the run's Algorithm class, for one that is not registered (defined in a
+            notebook); default: the registered class of the run's algorithm name.
+        settings: evaluation-time overrides of the run's settings (test inner steps, distance,
+            eval_episodes...); they must not change the model's shape.
+    """
     from metactl.algorithm import ModelSpec
     from metactl.engine.checkpoint import load_checkpoint
     from metactl.engine.device import placement_for
@@ -128,25 +141,48 @@ def load_trained(path: str | Path, device: str | None = None) -> TrainedModel:
 
     run = open_run(path)
     config = run.read_config()
-    algorithm_class = get_registry().get(config["algorithm"])
+    algorithm_class = algorithm or get_registry().get(config["algorithm"])
+    if algorithm_class.name != config["algorithm"]:
+        raise UsageError(f"{run.path} is a {config['algorithm']} run, not {algorithm_class.name}",
+                         "pass the Algorithm class the run was trained with")
+    config = with_settings(config, algorithm_class, settings or {})
     checkpoint = load_checkpoint(run.model_checkpoint())
     if checkpoint.get("algorithm") != config["algorithm"]:
         raise DataError(f"checkpoint of {run.path} is for algorithm "
                         f"{checkpoint.get('algorithm')!r}, not {config['algorithm']!r}",
                         "the run folder is damaged; train again")
-    algorithm = algorithm_class(config)
+    instance = algorithm_class(config)
+    instance.statistics = dict(checkpoint.get("statistics", {}))
     channels, height, width = (int(v) for v in checkpoint["image_shape"])
     spec = ModelSpec(channels, height, width, int(config["train_way"]),
                      int(checkpoint.get("num_train_classes", 0)),
                      str(checkpoint.get("task", "classification")))
-    model = algorithm.build_model(spec)
+    model = instance.build_model(spec)
     try:
         model.load_state_dict(checkpoint["model"])
     except (RuntimeError, KeyError) as error:
+        hint = ("the run folder is damaged; train again" if not settings else
+                f"--set {', '.join(settings)} changes the model; set only what evaluation uses")
         raise DataError(f"checkpoint of {run.path} does not fit the {config['algorithm']} model "
-                        f"({str(error).splitlines()[0][:120]})",
-                        "the run folder is damaged; train again") from None
+                        f"({str(error).splitlines()[0][:120]})", hint) from None
     placement = placement_for({**config, "device": device or config.get("device", "auto")},
-                              algorithm.device)
+                              instance.device)
     model.to(placement.device).eval()
-    return TrainedModel(run, config, algorithm, model, (channels, height, width), checkpoint)
+    statistics = {name: value.to(placement.device) for name, value in instance.statistics.items()}
+    instance.statistics = statistics
+    return TrainedModel(run, config, instance, model, (channels, height, width), checkpoint)
+
+
+def with_settings(config: dict[str, Any], algorithm_class: type[Algorithm],
+                  settings: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` with evaluation-time ``settings`` (keys the algorithm or the engine know)."""
+    from metactl.engine.config import known_keys
+
+    allowed = known_keys(algorithm_class.defaults)
+    for key in settings:
+        if key not in allowed:
+            close = difflib.get_close_matches(key, sorted(allowed), n=1)
+            hint = (f"did you mean {close[0]!r}?" if close else
+                    f"see `metactl plugins info {algorithm_class.name}` for its settings")
+            raise UsageError(f"{algorithm_class.name} has no setting {key!r}", hint)
+    return {**config, **settings}

@@ -4,59 +4,121 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from metactl.engine.config import load_config_file, parse_assignments, resolve_config
 from metactl.engine.run import RunFolder, open_run, write_text_atomic
 from metactl.errors import UsageError
 
+if TYPE_CHECKING:
+    from metactl.algorithm import Algorithm
 
-def start_training(algorithm_name: str | None, cli_values: dict[str, Any],
-                   config_file: Path | None, assignments: list[str], *, out: Path | None,
-                   resume: Path | None, root: str | None, mirror: str | None, report,
-                   deadline: float | None = None):
-    """Resolve the config of a new or resumed run and train it (until ``deadline``, a
-    ``time.monotonic()`` value, when given)."""
-    from metactl.engine.trainer import train
+RESUMABLE_CHANGES = ("episodes", "logger")
+
+
+def training_config(algorithm_name: str | None, cli_values: dict[str, Any],
+                    config_file: Path | None, assignments: list[str], *,
+                    resume: Path | None = None, steps: int | None = None,
+                    algorithm_class: type[Algorithm] | None = None
+                    ) -> tuple[str, dict[str, Any]]:
+    """The algorithm name and resolved config of a new or resumed run; ``steps`` (meta-steps)
+    sets ``episodes`` to ``steps * meta_batch``; ``algorithm_class`` replaces the registry's
+    (for an unregistered class)."""
     from metactl.plugins import get_registry
 
     overrides = {**(load_config_file(config_file) if config_file else {}),
                  **{k: v for k, v in cli_values.items() if v is not None},
                  **parse_assignments(assignments)}
+    if steps is not None and "episodes" in overrides:
+        raise UsageError("--steps and --episodes both set the length of training",
+                         "give one of them (episodes = steps x meta_batch)")
     if resume is not None:
         run = open_run(resume)
         saved = run.read_config()
         if algorithm_name and algorithm_name != saved["algorithm"]:
             raise UsageError(f"{run.path} is a {saved['algorithm']} run, not {algorithm_name}",
                              f"resume it with `metactl train --resume {run.path}`")
-        changed = sorted(k for k in overrides if k != "episodes" and overrides[k] != saved.get(k))
+        changed = sorted(k for k in overrides
+                         if k not in RESUMABLE_CHANGES and overrides[k] != saved.get(k))
         if changed:
             raise UsageError(f"a resumed run keeps its settings; {', '.join(changed)} differ",
-                             "only --episodes may change (to train longer)")
-        config = {**saved, **overrides}
-        return train(saved["algorithm"], config, resume=run.path, root=root, mirror=mirror,
-                     report=report, deadline=deadline)
+                             "only --episodes or --steps (to train longer) and the logger "
+                             "may change")
+        return saved["algorithm"], with_meta_steps({**saved, **overrides}, steps)
     if not algorithm_name:
         raise UsageError("no algorithm given", "run `metactl train ALGORITHM` "
                          "(see `metactl plugins list`) or `metactl train --resume RUN`")
-    algorithm = get_registry().get(algorithm_name)
+    algorithm = algorithm_class or get_registry().get(algorithm_name)
     config = resolve_config(algorithm_name, algorithm.defaults, {}, overrides, {})
-    return train(algorithm_name, config, out=out, root=root, mirror=mirror, report=report,
-                 deadline=deadline)
+    return algorithm_name, with_meta_steps(config, steps)
+
+
+def with_meta_steps(config: dict[str, Any], steps: int | None) -> dict[str, Any]:
+    """``config`` with ``episodes = steps * meta_batch`` when ``steps`` is given."""
+    if steps is None:
+        return config
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise UsageError(f"--steps must be a positive whole number, got {steps!r}",
+                         "pass e.g. --steps 1000")
+    return {**config, "episodes": steps * int(config["meta_batch"])}
+
+
+def start_training(algorithm_name: str | None, cli_values: dict[str, Any],
+                   config_file: Path | None, assignments: list[str], *, out: Path | None,
+                   resume: Path | None, root: str | None, mirror: str | None, report,
+                   steps: int | None = None, deadline: float | None = None):
+    """Resolve the config of a new or resumed run and train it (until ``deadline``, a
+    ``time.monotonic()`` value, when given)."""
+    from metactl.engine.trainer import train
+
+    name, config = training_config(algorithm_name, cli_values, config_file, assignments,
+                                   resume=resume, steps=steps)
+    return train(name, config, out=None if resume else out, resume=resume, root=root,
+                 mirror=mirror, report=report, deadline=deadline)
 
 
 def evaluate_and_record(run_path: Path, **options: Any):
-    """Evaluate a run and save the result as
-    ``evaluation-<split>-<way>way-<shot>shot[-<steps>steps].json`` in the run folder."""
+    """Evaluate a run and save the result as ``evaluation-<split>-<way>way-<shot>shot
+    [-<steps>steps][-<key>=<value>...].json`` in the run folder (see :func:`evaluation_document`);
+    the line shown is added to the run's console.log."""
     from metactl.engine.evaluator import evaluate_run
+    from metactl.engine.record import ConsoleLog
 
     result = evaluate_run(run_path, **options)
     run = RunFolder(Path(run_path))
-    steps = options.get("inner_steps")
+    steps, settings = options.get("inner_steps"), options.get("settings") or {}
     suffix = "" if steps is None else f"-{steps}steps"
+    suffix += "".join(f"-{key}={_file_safe(value)}" for key, value in sorted(settings.items()))
     name = f"evaluation-{result.split}-{result.way}way-{result.shot}shot{suffix}.json"
-    write_text_atomic(run.path / name, json.dumps(result.to_json(), indent=2) + "\n")
+    document = evaluation_document(result, steps, settings)
+    write_text_atomic(run.path / name, json.dumps(document, indent=2) + "\n")
+    ConsoleLog(run.path).write(f"evaluate: {describe_evaluation(result, steps)}")
     return result
+
+
+def evaluation_document(result, inner_steps: int | None = None,
+                        settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """An evaluation as JSON: the result, plus ``inner_steps`` and ``settings`` when given."""
+    document = result.to_json()
+    if inner_steps is not None:
+        document["inner_steps"] = inner_steps
+    if settings:
+        document["settings"] = dict(settings)
+    return document
+
+
+def describe_evaluation(result, inner_steps: int | None = None) -> str:
+    """One line: task, split, metric with its CI, episodes and queries."""
+    setting = "" if inner_steps is None else f" after {inner_steps} inner steps"
+    task = (f"{result.way}-way {result.shot}-shot" if result.metric == "accuracy"
+            else f"{result.shot}-shot regression")
+    return (f"{task} {result.split}{setting}: {result.describe()} (95% CI, {result.episodes} "
+            f"episodes, {result.query} queries per "
+            f"{'class' if result.metric == 'accuracy' else 'task'})")
+
+
+def _file_safe(value: Any) -> str:
+    return "".join(c if c.isalnum() or c in ".-_" else "_" for c in str(value))[:40]
 
 
 def evaluate_positions_and_record(run_path: Path, positions: tuple[int, ...], **options: Any):
@@ -77,10 +139,10 @@ def parse_steps(text: str | None) -> list[int | None]:
     try:
         steps = [int(part) for part in text.split(",")]
     except ValueError:
-        raise UsageError(f"--steps {text!r} is not a comma-separated list of whole numbers",
-                         "write e.g. --steps 0,1,10") from None
+        raise UsageError(f"--inner-steps {text!r} is not a comma-separated list of whole "
+                         "numbers", "write e.g. --inner-steps 0,1,10") from None
     if any(count < 0 for count in steps):
-        raise UsageError("--steps must not be negative", "write e.g. --steps 0,1,10")
+        raise UsageError("--inner-steps must not be negative", "write e.g. --inner-steps 0,1,10")
     return steps
 
 

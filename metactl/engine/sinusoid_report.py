@@ -20,7 +20,7 @@ def steps_setting(trained: TrainedModel) -> str:
     setting = trained.algorithm.test_steps_setting
     if setting is None:
         raise UsageError(f"{trained.algorithm.name} has no inner gradient steps to vary",
-                         "use --steps with a gradient-based algorithm such as maml")
+                         "use --inner-steps with a gradient-based algorithm such as maml")
     return setting
 
 
@@ -52,4 +52,4 @@ def plot_one_task(trained: TrainedModel, steps: list[int], path: Path, *, shot: 
         series.append(Series(label, xs, predicted.view(-1).tolist(), colors[index % 4]))
     title = (f"{trained.algorithm.name} ({trained.run.path.name}): amplitude {amplitude:.2f}, "
              f"phase {phase:.2f}")
-    return line_plot(series, path, title)
+    return line_plot(series, path, title, xlabel="input x", ylabel="output y")

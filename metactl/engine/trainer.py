@@ -21,6 +21,7 @@ from metactl.engine.graphs import gradient_step
 from metactl.engine.run import RunFolder
 from metactl.engine.tasks import TaskSource, load_tasks
 from metactl.errors import UsageError
+from metactl.loggers import LoggerSet
 
 Report = Callable[[str], None]
 
@@ -86,6 +87,8 @@ class Trainer:
         self.state = TrainingState(step=0, best_score=-math.inf, best_step=0)
         self._stop_requested = False
         self._saved_step: int | None = None  # the step last.pt holds, once written or read
+        self.loggers = LoggerSet([])  # --set logger=...; opened by train()
+        self.console_log: Report | None = None  # console.log; progress lines go there too
 
     @property
     def total_steps(self) -> int:
@@ -104,6 +107,7 @@ class Trainer:
             "invert": self.tasks.invert,
             "step": self.state.step,
             "train_seconds": self.state.seconds,
+            "statistics": self.algorithm.statistics,
         }
         if model_only:
             return payload
@@ -137,6 +141,7 @@ class Trainer:
                                    int(checkpoint["best_step"]),
                                    float(checkpoint.get("train_seconds", 0.0)))
         self._saved_step = self.state.step
+        self.algorithm.statistics = dict(checkpoint.get("statistics", {}))
         self.run.truncate_metrics(self.state.step)
 
     # --- the loop ----------------------------------------------------------------------------
@@ -147,6 +152,8 @@ class Trainer:
                     f"{self.total_steps} steps of {self.config['meta_batch']} tasks) on "
                     f"{self.placement.describe()}; run folder {self.run.path}")
         first_step = self.state.step
+        self.model.eval()
+        self._refresh_statistics()
         with self._graceful_interrupt(), self._progress() as advance:
             # At least one step per call, so that a spent deadline still makes progress.
             while (self.state.step < self.total_steps and not self._stop_requested
@@ -198,19 +205,47 @@ class Trainer:
                   "seconds": time.perf_counter() - started,
                   **{name: float(value) for name, value in result.extra.items()}}
         if self._due(max(1, int(self.config["val_every"]) // 10)):
-            self.run.append_metrics({"kind": "train", **record})
+            self._log({"kind": "train", **record})
+            if self.console_log is not None:
+                self.console_log(self.progress_line(record))
         return record
+
+    @property
+    def episodes_done(self) -> int:
+        return min(self.state.step * int(self.config["meta_batch"]), int(self.config["episodes"]))
+
+    def progress_line(self, record: dict[str, Any]) -> str:
+        accuracy = "" if record["accuracy"] is None else f" acc {record['accuracy']:.1%}"
+        speed = int(self.config["meta_batch"]) / max(record["seconds"], 1e-9)
+        return (f"step {record['step']}/{self.total_steps} (episodes {self.episodes_done}/"
+                f"{self.config['episodes']}): loss {record['loss']:.4f}{accuracy} "
+                f"lr {record['lr']:.3g} {speed:.0f} tasks/s")
+
+    def _log(self, record: dict[str, Any]) -> None:
+        self.run.append_metrics(record)
+        self.loggers.log(record)
+
+    def _refresh_statistics(self) -> None:
+        """Let the algorithm compute its statistics of the training data with the current
+        model (lazily: algorithms that need none never read the data)."""
+        from metactl.engine.statistics import training_batches
+
+        split = getattr(self.tasks, "train", None)  # synthetic task sources have none
+        batches = training_batches(split) if split is not None else iter(())
+        with torch.no_grad(), self.placement.autocast():
+            self.algorithm.statistics = dict(
+                self.algorithm.training_statistics(self.model, batches) or {})
 
     def _validate_and_save(self, seconds_before: float = 0.0) -> None:
         """Validate, then save; ``seconds_before`` is the step's time, counted with the
         validation's in the training time that the checkpoint records."""
         started = time.perf_counter()
         self.model.eval()
+        self._refresh_statistics()
         result = self.tasks.validate(self.algorithm, self.model, self.placement)
         if result is not None:
-            self.run.append_metrics({"kind": "val", "step": self.state.step,
-                                     result.metric: result.mean, "ci95": result.ci95,
-                                     "episodes": result.episodes})
+            self._log({"kind": "val", "step": self.state.step, result.metric: result.mean,
+                       "ci95": result.ci95, "episodes": result.episodes})
             score = result.mean if self.tasks.higher_is_better else -result.mean
             if score > self.state.best_score:
                 self.state.best_score, self.state.best_step = score, self.state.step
@@ -255,44 +290,105 @@ class Trainer:
         )
 
         console = Console(stderr=True)
-        if not console.is_terminal:
-            yield lambda record: None
+        display = progress_display(console)
+        if display != "bar":
+            every = max(1, self.total_steps // 20)
+
+            def print_line(record: dict[str, Any]) -> None:
+                if display == "lines" and (record["step"] % every == 0
+                                           or record["step"] == self.total_steps):
+                    console.print(self.progress_line(record), highlight=False)
+
+            yield print_line
             return
         columns = (TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("loss {task.fields[loss]:.3f} acc {task.fields[accuracy]:.1%} "
+                   TextColumn("steps, {task.fields[episodes]} episodes; loss "
+                              "{task.fields[loss]:.3f} acc {task.fields[accuracy]:.1%} "
                               "{task.fields[speed]:.0f} tasks/s"), TimeRemainingColumn())
         with Progress(*columns, console=console, transient=False) as progress:
             task = progress.add_task("train", total=self.total_steps,
-                                     completed=self.state.step, loss=0.0, accuracy=0.0, speed=0.0)
+                                     completed=self.state.step, loss=0.0, accuracy=0.0, speed=0.0,
+                                     episodes=self.episodes_done)
             tasks_per_step = int(self.config["meta_batch"])
 
             def advance(record: dict[str, Any]) -> None:
                 progress.update(task, completed=record["step"], loss=record["loss"],
-                                accuracy=record["accuracy"] or 0.0,
+                                accuracy=record["accuracy"] or 0.0, episodes=self.episodes_done,
                                 speed=tasks_per_step / max(record["seconds"], 1e-9))
 
             yield advance
 
 
-def train(algorithm_name: str, config: dict[str, Any], *, out: Path | None = None,
+def progress_display(console) -> str | None:
+    """How to show progress on a rich ``console``: ``"bar"`` in a terminal, and in Jupyter when
+    ipywidgets can draw it; ``"lines"`` (a text line every 5% of the steps) in Jupyter without
+    ipywidgets; None elsewhere (a file or a pipe: console.log has the lines)."""
+    import importlib.util
+
+    if console.is_jupyter:
+        return "bar" if importlib.util.find_spec("ipywidgets") is not None else "lines"
+    return "bar" if console.is_terminal else None
+
+
+def train(algorithm: str | type[Algorithm], config: dict[str, Any], *, out: Path | None = None,
           resume: Path | None = None, mirror: str | None = None, root: str | None = None,
           report: Report = print, show_progress: bool = True, deadline: float | None = None
           ) -> tuple[RunFolder, TrainingState]:
-    """Train ``algorithm_name`` with a resolved ``config``; return the run and its final state.
+    """Train ``algorithm`` (a registered name or an :class:`Algorithm` subclass) with a resolved
+    ``config``; return the run and its final state. The run folder also gets ``run.json`` (see
+    :mod:`metactl.engine.record`), kept up to date as the status changes, and ``console.log``.
     With a ``deadline`` (a ``time.monotonic()`` value), training stops cleanly at the first step
     boundary after it (after one step at least), saving ``last.pt`` so that ``--resume``
     continues."""
+    from metactl.engine.record import ConsoleLog, RunRecord
+    from metactl.loggers import check_loggers
     from metactl.plugins import get_registry
 
-    algorithm = get_registry().get(algorithm_name)(config)
+    algorithm_class = get_registry().get(algorithm) if isinstance(algorithm, str) else algorithm
+    check_loggers(config.get("logger"))
     run = RunFolder(Path(resume) if resume else Path(out) if out else default_run_folder(config))
     if not resume and run.last.is_file():
         raise UsageError(f"{run.path} already holds a run",
                          f"resume it with `metactl train --resume {run.path}` "
                          "or pick another --out")
-    trainer = Trainer(algorithm, config, run, report, show_progress, mirror=mirror, root=root,
-                      deadline=deadline)
+    console = ConsoleLog(run.path, report, opened=False)
+    trainer = Trainer(algorithm_class(config), config, run, console, show_progress,
+                      mirror=mirror, root=root, deadline=deadline)
     if resume:
         trainer.resume()
     run.write_config(config)
-    return run, trainer.train()
+    console.open()
+    trainer.console_log = console.write
+    record = RunRecord.start(run.path, config, algorithm_class.__module__,
+                             trainer.placement.describe(), trainer.total_steps)
+    with _recorded(trainer, record, console):
+        trainer.loggers = LoggerSet.open(config.get("logger"), run.path, config,
+                                         trainer.state.step)
+        state = trainer.train()
+    return run, state
+
+
+@contextmanager
+def _recorded(trainer: Trainer, record, console):
+    """Close the loggers and record how training ended: finished, interrupted or failed."""
+    try:
+        yield
+    except BaseException as error:
+        record.progress(trainer.state.step, trainer.episodes_done)
+        interrupted = isinstance(error, KeyboardInterrupt)
+        text = "interrupted" if interrupted else _one_line(error)
+        console.write(f"training stopped: {text}")
+        record.finish("interrupted" if interrupted else "failed", None if interrupted else text)
+        raise
+    finally:
+        trainer.loggers.close()
+    record.progress(trainer.state.step, trainer.episodes_done)
+    record.finish("interrupted" if trainer._stop_requested else "finished")
+
+
+def _one_line(error: BaseException) -> str:
+    describe = getattr(error, "one_line", None)
+    if callable(describe):
+        return describe()
+    first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {first}"[:300]

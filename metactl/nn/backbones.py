@@ -11,11 +11,13 @@ from torch import Tensor, nn
 from metactl.errors import UsageError
 
 
-def conv_block(in_channels: int, out_channels: int, pool: bool = True) -> nn.Sequential:
-    """3x3 convolution, batch norm, ReLU and 2x2 max-pooling: the Conv-4 unit."""
+def conv_block(in_channels: int, out_channels: int, pool: bool = True,
+               running_stats: bool = True) -> nn.Sequential:
+    """3x3 convolution, batch norm, ReLU and 2x2 max-pooling: the Conv-4 unit. Without
+    ``running_stats``, batch norm always normalises with the current batch's statistics."""
     layers: list[nn.Module] = [
         nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
-        nn.BatchNorm2d(out_channels),
+        nn.BatchNorm2d(out_channels, track_running_stats=running_stats),
         nn.ReLU(inplace=True),
     ]
     if pool:
@@ -30,11 +32,13 @@ class Conv4(nn.Module):
     64 features for 28x28 Omniglot, 1,600 for 84x84 mini-ImageNet.
     """
 
-    def __init__(self, in_channels: int = 1, hidden: int = 64, blocks: int = 4) -> None:
+    def __init__(self, in_channels: int = 1, hidden: int = 64, blocks: int = 4,
+                 running_stats: bool = True) -> None:
         super().__init__()
         widths = [in_channels] + [hidden] * blocks
         pairs = zip(widths[:-1], widths[1:], strict=True)
-        self.encoder = nn.Sequential(*(conv_block(a, b) for a, b in pairs))
+        self.encoder = nn.Sequential(*(conv_block(a, b, running_stats=running_stats)
+                                       for a, b in pairs))
 
     def forward(self, images: Tensor) -> Tensor:
         return self.encoder(images).flatten(1)
@@ -43,12 +47,21 @@ class Conv4(nn.Module):
 BACKBONES: dict[str, Callable[..., nn.Module]] = {"conv4": Conv4}
 
 
-def build_backbone(name: str, in_channels: int, hidden: int = 64) -> nn.Module:
+def build_backbone(name: str, in_channels: int, hidden: int = 64,
+                   running_stats: bool = True) -> nn.Module:
+    """A shared backbone by name, mapping (N, C, H, W) to (N, features).
+
+    Args:
+        running_stats: batch norm keeps running statistics for evaluation mode (metric
+            methods). Gradient-based inner loops that run the model per task with
+            :func:`metactl.nn.functional.task_forward` need ``False``: batch norm then always
+            uses the statistics of the current batch, as in MAML.
+    """
     if name not in BACKBONES:
         close = difflib.get_close_matches(name, list(BACKBONES), n=1)
         hint = f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(BACKBONES)}"
         raise UsageError(f"unknown backbone {name!r}", hint)
-    return BACKBONES[name](in_channels=in_channels, hidden=hidden)
+    return BACKBONES[name](in_channels=in_channels, hidden=hidden, running_stats=running_stats)
 
 
 def embed_tasks(encoder: nn.Module, images: Tensor) -> Tensor:

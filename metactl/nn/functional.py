@@ -73,6 +73,7 @@ def task_forward(module: nn.Module, parameters: Mapping[str, Tensor], inputs: Te
     parameters = dict(parameters)
     buffers = dict(buffers or {})
     if batched:
+        _check_running_statistics(module, buffers)
         def call(task_parameters: Parameters, task_buffers: Parameters, task_inputs: Tensor):
             return functional_call(module, {**task_parameters, **task_buffers}, (task_inputs,))
 
@@ -119,6 +120,20 @@ def forward_per_task(module: nn.Module, inputs: Tensor) -> Tensor:
             updated = per_task[name]
             buffer.copy_(updated[0] if name.endswith("num_batches_tracked") else updated.mean(0))
     return outputs
+
+
+def _check_running_statistics(module: nn.Module, buffers: Mapping[str, Tensor]) -> None:
+    """vmap cannot update one set of running statistics from many tasks: say what to do."""
+    for name, layer in module.named_modules():
+        if (isinstance(layer, nn.modules.batchnorm._BatchNorm) and layer.training
+                and layer.track_running_stats and f"{name}.running_mean" not in buffers):
+            from metactl.errors import UsageError
+
+            raise UsageError(
+                f"batch-norm layer {name!r} keeps running statistics, which task_forward "
+                "cannot update per task in training mode",
+                "build the network with build_backbone(..., running_stats=False) (batch "
+                "statistics, as in MAML), or pass per-task buffers=task_buffers(model, tasks)")
 
 
 def task_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:

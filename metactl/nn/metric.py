@@ -50,6 +50,21 @@ def class_sums(features: Tensor, labels: Tensor, way: int) -> Tensor:
     return sums.view(tasks, way, *features.shape[2:])
 
 
+def class_means(features: Tensor, labels: Tensor, way: int) -> Tensor:
+    """Mean feature of each class's support images (prototypes); unbalanced sets work.
+
+    Args:
+        features: (T, S, *feature_shape).
+        labels: int64, (T, S), values in [0, way).
+
+    Returns:
+        (T, way, *feature_shape); a class with no support image gets zeros.
+    """
+    counts = one_hot_labels(labels, way, features.dtype).sum(1).clamp_min(1)  # (T, way)
+    sums = class_sums(features, labels, way)
+    return sums / counts.view(*counts.shape, *([1] * (features.dim() - 2)))
+
+
 def cosine_similarities(queries: Tensor, supports: Tensor, eps: float = 1e-8) -> Tensor:
     """Cosine similarity of every query with every support embedding.
 

@@ -52,11 +52,13 @@ def test_fetch_from_a_mirror_then_a_second_run_says_so_in_one_line(tmp_path):
     listed = run_metactl("data", "list", "--root", str(tmp_path), "--json")
     (entry,) = [d for d in json.loads(listed.stdout) if d["name"] == "omniglot"]
     assert entry["state"] == "preprocessed" and entry["download_bytes"] > 14_000_000
-    background = run_metactl("data", "preprocess", "omniglot", "--split", "background",
+    background = run_metactl("data", "preprocess", "omniglot", "--scheme", "background",
                              "--root", str(tmp_path))
     assert background.returncode == 0, background.stderr
+    # The old spelling, --split for the scheme, still works and says what replaced it.
     info = run_metactl("data", "info", "omniglot", "--split", "background", "--root",
                        str(tmp_path), "--json")
+    assert "--split here is now --scheme" in info.stderr
     classes = {split["name"]: split["classes"] for split in json.loads(info.stdout)["splits"]}
     assert classes == {"train": 964, "test": 659}
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from testsupport import run_metactl, write_plugin
+from testsupport import fake_plugin, run_metactl
 
 pytestmark = pytest.mark.slow
 
@@ -37,9 +37,8 @@ def metactl_register_algorithms(registry):
 
 @pytest.fixture(scope="module")
 def environment(tmp_path_factory, omniglot_root) -> dict[str, str]:
-    site = write_plugin(tmp_path_factory.mktemp("plugin"), "tiny_proto", TINY_PLUGIN)
-    path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
-    return {"PYTHONPATH": path, "METACTL_HOME": str(omniglot_root), "OMP_NUM_THREADS": "1"}
+    return {**fake_plugin(tmp_path_factory.mktemp("plugin"), "tiny-proto", TINY_PLUGIN),
+            "METACTL_HOME": str(omniglot_root), "OMP_NUM_THREADS": "1"}
 
 
 def reproduce(environment, tmp_path: Path, *options: str):

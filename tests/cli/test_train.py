@@ -80,10 +80,14 @@ def test_ctrl_c_saves_and_the_run_resumes(omniglot_root, tmp_path):
     assert process.returncode == 0, stderr
     assert "stopped at step" in stderr and "Traceback" not in stderr
     step = load_checkpoint(run / "checkpoints" / "last.pt")["step"]
+    record = json.loads((run / "run.json").read_text())
+    assert record["status"] == "interrupted" and record["steps"]["done"] == step
     resumed = run_metactl("train", "--resume", str(run), "--episodes", str(step + 2),
                           env={"METACTL_HOME": str(omniglot_root)})
     assert resumed.returncode == 0, resumed.stderr
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == step + 2
+    record = json.loads((run / "run.json").read_text())
+    assert record["status"] == "finished" and len(record["resumed"]) == 1
 
 
 @pytest.mark.parametrize(

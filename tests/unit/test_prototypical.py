@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from metactl.algorithm import LabelledImages, ModelSpec
-from metactl_plugins.prototypical import PrototypicalNetworks, class_means, squared_distances
+from metactl.nn.metric import class_means
+from metactl_plugins.prototypical import PrototypicalNetworks, squared_distances
 
 
 def make_algorithm(**overrides) -> PrototypicalNetworks:

@@ -33,3 +33,9 @@ def test_a_query_equal_to_a_support_image_gets_its_class():
     with torch.no_grad():
         probabilities = algorithm.predict(model, support, images)
     assert probabilities.argmax(-1).tolist() == [[0, 1, 2]]
+
+
+def test_passes_the_conformance_test(metactl_conformance):
+    """metactl's own checks (the pytest plugin installed with metactl): build, one meta-step
+    with finite loss and gradients, training statistics, predicted probabilities."""
+    metactl_conformance("example-cosine-centroid", {"hidden": 8})

@@ -1,0 +1,8 @@
+"""``python -m metactl``: the same as the ``metactl`` command."""
+
+from __future__ import annotations
+
+from metactl.cli.main import main
+
+if __name__ == "__main__":
+    main()

@@ -82,6 +82,11 @@ class RelationNetworks(Algorithm):
 
     def __init__(self, hparams) -> None:
         super().__init__(hparams)
+        # Runs trained before these settings existed: PyTorch's initialisation, running
+        # statistics, no per-module clipping.
+        for key, legacy in (("init", "pytorch"), ("module_grad_clip", 0.0),
+                            ("transductive_batch_norm", False)):
+            self.hparams.setdefault(key, legacy)
         if self.hparams["init"] not in INITIALISATIONS:
             raise UsageError(f"unknown initialisation {self.hparams['init']!r}",
                              f"use one of {', '.join(INITIALISATIONS)}")

@@ -136,13 +136,17 @@ class Prototypical(Reference):
         super().__init__(tasks, ours, conv4())
 
     def scores(self, support: Tensor, support_labels: Tensor, queries: Tensor) -> Tensor:
-        way = self.tasks.way
-        prototypes = self.network(support).view(way, -1, 64).mean(1)
-        return -(self.network(queries).unsqueeze(1) - prototypes).pow(2).sum(-1)
+        return self.distances(self.network(support), self.network(queries))
+
+    def distances(self, support: Tensor, queries: Tensor) -> Tensor:
+        prototypes = support.view(self.tasks.way, -1, 64).mean(1)
+        return -(queries.unsqueeze(1) - prototypes).pow(2).sum(-1)
 
     def loss(self, support, support_labels, queries, query_labels):
-        return functional.cross_entropy(self.scores(support, support_labels, queries),
-                                        query_labels)
+        # One forward over both sets in training, as the authors' code does.
+        embedded = self.network(torch.cat([support, queries]))
+        scores = self.distances(embedded[:len(support)], embedded[len(support):])
+        return functional.cross_entropy(scores, query_labels)
 
     @torch.no_grad()
     def predict(self, support, support_labels, queries):
@@ -154,8 +158,8 @@ class Matching(Reference):
         super().__init__(tasks, ours, conv4())
 
     def loss(self, support, support_labels, queries, query_labels):
-        embedded_support = functional.normalize(self.network(support), dim=-1)
-        embedded_queries = functional.normalize(self.network(queries), dim=-1)
+        embedded = functional.normalize(self.network(torch.cat([support, queries])), dim=-1)
+        embedded_support, embedded_queries = embedded[:len(support)], embedded[len(support):]
         attention = (embedded_queries @ embedded_support.T).softmax(-1)
         probabilities = attention @ functional.one_hot(support_labels, self.tasks.way).float()
         return functional.nll_loss(probabilities.log(), query_labels)

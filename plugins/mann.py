@@ -109,12 +109,15 @@ class MemoryAugmentedNetworks(Algorithm):
     )
     defaults = {
         # The paper: LSTM controller of 200 units, a 128 x 40 memory, 4 read heads, usage
-        # decay 0.95, RMSProp 1e-4, mini-batches of 16 episodes, 100,000 episodes; Omniglot
+        # decay 0.95, RMSProp at 1e-4 with momentum 0.9 and decay 0.95, mini-batches of 16
+        # episodes, trained for "100,000 episodes": read as 100,000 updates of 16 sequences,
+        # as the reference implementations count them (docs/algorithms/mann.md); Omniglot
         # episodes of 5 classes x 10 images in one sequence of 50.
         "*": {"controller": "lstm", "controller_size": 200, "memory_slots": 128,
               "memory_width": 40, "read_heads": 4, "usage_decay": 0.95, "key_strength": 1.0,
               "label_slots": 0, "train_shot": 10, "train_query": 0, "optimizer": "rmsprop",
-              "lr": 1e-4, "meta_batch": 16, "episodes": 100_000, "val_every": 500},
+              "lr": 1e-4, "momentum": 0.9, "rmsprop_alpha": 0.95, "meta_batch": 16,
+              "episodes": 16 * 100_000, "val_every": 500},
     }
     hyperparameter_help = {
         "controller": "lstm or feedforward (one ReLU layer)",

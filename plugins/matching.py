@@ -5,11 +5,20 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from metactl import hookimpl
-from metactl.algorithm import Algorithm, DeviceSettings, LabelledImages, ModelSpec, PaperResult
+from metactl.algorithm import (
+    Algorithm,
+    DeviceSettings,
+    LabelledImages,
+    ModelSpec,
+    PaperResult,
+    StepResult,
+    query_loss,
+)
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
 
+    from metactl.data.episodes import TaskBatch
     from metactl.nn.metric import EmbeddedSupport
     from metactl.plugins import AlgorithmRegistry
 
@@ -56,7 +65,8 @@ class MatchingNetworks(Algorithm):
     class. f and g are the same Conv-4 network; ``fce`` adds the full-context embeddings (a
     bidirectional LSTM over the support set for g, an attention LSTM with ``fce_steps`` reads for
     f), which the paper uses on mini-ImageNet but not on Omniglot. No inner loop: the task state
-    is the embedded support set.
+    is the embedded support set. In training, support and query images go through the encoder
+    in one forward pass, so batch norm normalises both with the same statistics.
     """
 
     name = "matching"
@@ -106,6 +116,15 @@ class MatchingNetworks(Algorithm):
         """log P(y | x, S), (T, Q, way); the default loss is then the paper's NLL and the
         default ``predict`` (a softmax) returns P itself."""
         return class_log_probabilities(model.embed_queries(query_images, state.features), state)
+
+    def loss(self, model: nn.Module, batch: TaskBatch) -> StepResult:
+        """The query NLL with support and query images embedded in one forward pass, so that
+        batch norm normalises both with the same statistics."""
+        from metactl.nn.metric import EmbeddedSupport
+
+        support, queries = model.embed_episode(batch.support_images, batch.query_images)
+        state = EmbeddedSupport(support, batch.support_labels, batch.way)
+        return query_loss(class_log_probabilities(queries, state), batch.query_labels)
 
 
 @hookimpl

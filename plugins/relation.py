@@ -14,6 +14,9 @@ from metactl.algorithm import (
     StepResult,
     support_of,
 )
+from metactl.errors import UsageError
+
+INITIALISATIONS = ("authors", "pytorch")
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -48,6 +51,11 @@ class RelationNetworks(Algorithm):
     scores each query-class pair from their concatenated maps, in [0, 1]. Training regresses the
     scores onto the one-hot labels with a mean squared error. No inner loop: the task state is
     the class feature maps.
+
+    As in the authors' code (floodsung/LearningToCompare_FSL): their initialisation, and the
+    gradient norm of each module clipped to 0.5 on its own (``module_grad_clip``) before each
+    Adam step. Their batch norm never leaves training mode, so test-time statistics come from
+    each test batch; ``transductive_batch_norm: true`` does the same, task by task.
     """
 
     name = "relation"
@@ -67,7 +75,8 @@ class RelationNetworks(Algorithm):
                                           (20, 1, 97.6, 0.2), (20, 5, 99.1, 0.1)))
     defaults = {
         # Paper and code: Adam 1e-3 halved every 100,000 episodes, 1,000,000 episodes.
-        "*": {"hidden": 64, "relation_hidden": 8, "relation_padding": 1,
+        "*": {"hidden": 64, "relation_hidden": 8, "relation_padding": 1, "init": "authors",
+              "module_grad_clip": 0.5, "transductive_batch_norm": False,
               "optimizer": "adam", "lr": 1e-3, "lr_decay": 0.5, "lr_decay_every": 100000,
               "episodes": 1000000},
         # Queries per class of the paper's Omniglot training episodes.
@@ -81,16 +90,37 @@ class RelationNetworks(Algorithm):
         "relation_hidden": "units of the relation module's hidden fully connected layer",
         "relation_padding": "padding of the relation module's convs (the paper's code: 1 on "
                             "Omniglot, 0 on mini-ImageNet's larger maps)",
+        "init": "authors (the initialisation of the paper's code) or pytorch (PyTorch's "
+                "defaults)",
+        "module_grad_clip": "clip the gradient norm of the embedding and of the relation module, "
+                            "each on its own, to this (the paper's code: 0.5; 0: no clipping)",
+        "transductive_batch_norm": "batch norm on each task's own batches at test time too, as "
+                                   "in the paper's code (false: running statistics)",
     }
     device = DeviceSettings(cuda_graphs=True)
 
-    def build_model(self, spec: ModelSpec) -> nn.Module:
-        from metactl.nn.relation import RelationNetwork
+    def __init__(self, hparams) -> None:
+        super().__init__(hparams)
+        # Runs trained before these settings existed: PyTorch's initialisation, running
+        # statistics, no per-module clipping.
+        for key, legacy in (("init", "pytorch"), ("module_grad_clip", 0.0),
+                            ("transductive_batch_norm", False)):
+            self.hparams.setdefault(key, legacy)
+        if self.hparams["init"] not in INITIALISATIONS:
+            raise UsageError(f"unknown initialisation {self.hparams['init']!r}",
+                             f"use one of {', '.join(INITIALISATIONS)}")
 
-        return RelationNetwork(spec.channels, spec.height, spec.width,
-                               hidden=int(self.hparams["hidden"]),
-                               padding=int(self.hparams["relation_padding"]),
-                               fc_hidden=int(self.hparams["relation_hidden"]))
+    def build_model(self, spec: ModelSpec) -> nn.Module:
+        from metactl.nn.relation import RelationNetwork, initialise_as_authors
+
+        model = RelationNetwork(spec.channels, spec.height, spec.width,
+                                hidden=int(self.hparams["hidden"]),
+                                padding=int(self.hparams["relation_padding"]),
+                                fc_hidden=int(self.hparams["relation_hidden"]),
+                                transductive=bool(self.hparams["transductive_batch_norm"]))
+        if self.hparams["init"] == "authors":
+            initialise_as_authors(model)
+        return model
 
     def task_state(self, model: nn.Module, support: LabelledImages) -> Tensor:
         """Class feature maps, summed over each class's support images, (T, way, hidden, h, w)."""
@@ -106,6 +136,18 @@ class RelationNetworks(Algorithm):
         scores = self.logits(model, self.adapt(model, support_of(batch)), batch.query_images)
         accuracy = (scores.argmax(-1) == batch.query_labels).float().mean()
         return StepResult(relation_loss(scores, batch.query_labels), accuracy)
+
+    def meta_gradient(self, model: nn.Module, batch: TaskBatch) -> StepResult:
+        """The gradient of the loss, with each module's norm clipped on its own as in the
+        authors' code; the engine's ``grad_clip`` (off by default) then clips the whole."""
+        import torch
+
+        result = super().meta_gradient(model, batch)
+        limit = float(self.hparams["module_grad_clip"])
+        if limit > 0:
+            for module in (model.embedding, model.relation):
+                torch.nn.utils.clip_grad_norm_(module.parameters(), limit)
+        return result
 
     def predict(self, model: nn.Module, support: LabelledImages, query_images: Tensor) -> Tensor:
         """Relation scores normalised to sum to 1 over the classes, (T, Q, way)."""

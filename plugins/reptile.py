@@ -42,8 +42,9 @@ class Reptile(Algorithm):
     optimizer (``--set optimizer=adam``) the same vector serves as a gradient.
 
     Batch norm uses the statistics of the current batch (transductive evaluation, the paper's
-    main setting). The inner optimizer's state starts fresh for each task (the authors' code
-    keeps Adam's moments from task to task).
+    main setting). Adam's moments and step count carry over from task to task, as in the
+    authors' code, where one optimizer serves every task (``keep_inner_state``; false starts
+    each task afresh); the model holds them, so checkpoints and evaluation carry them too.
 
     Shapes: support images (T, way * shot, C, H, W), queries (T, Q, C, H, W), logits (T, Q, way);
     the task state is the adapted parameters, name -> (T, *shape).
@@ -71,7 +72,8 @@ class Reptile(Algorithm):
         # meta-batch 5, outer step 1 annealed to 0, 100000 iterations.
         "*": {"hidden": 32, "downsample": "max-pool", "inner_optimizer": "adam",
               "inner_lr": 1e-3, "inner_steps": 8, "inner_batch_size": 10,
-              "test_inner_steps": 50, "test_inner_batch_size": 5, "reptile_batched": True,
+              "test_inner_steps": 50, "test_inner_batch_size": 5, "keep_inner_state": True,
+              "reptile_batched": True,
               "batch_tasks": True, "lr_final": 0.0, "optimizer": "sgd", "lr": 1.0,
               "momentum": 0.0, "meta_batch": 5, "episodes": 500_000, "train_shot": 15,
               "train_query": 0},
@@ -90,6 +92,8 @@ class Reptile(Algorithm):
         "inner_batch_size": "support images per inner step in training (0: all)",
         "test_inner_steps": "inner steps at validation and test time",
         "test_inner_batch_size": "support images per inner step at test time (0: all)",
+        "keep_inner_state": "carry the inner Adam's moments from task to task, as the authors' "
+                            "code does (false: fresh for every task)",
         "reptile_batched": "average the meta-batch's adapted weights (true) or apply each task "
                            "in turn (false, the serial version; needs plain SGD)",
         "batch_tasks": "adapt the tasks of a batch in one vmapped forward (false: a loop)",
@@ -109,7 +113,8 @@ class Reptile(Algorithm):
             steps=int(hparams["inner_steps"]), lr=float(hparams["inner_lr"]),
             optimizer=hparams["inner_optimizer"], batch_size=int(hparams["inner_batch_size"]),
             test_steps=int(hparams["test_inner_steps"]),
-            test_batch_size=int(hparams["test_inner_batch_size"]))
+            test_batch_size=int(hparams["test_inner_batch_size"]),
+            keep_state=self.keeps_inner_state)
         if not hparams["reptile_batched"] and (
                 hparams["optimizer"] != "sgd" or float(hparams["momentum"]) != 0
                 or float(hparams["weight_decay"]) != 0 or int(hparams["lr_decay_every"]) != 0):
@@ -119,12 +124,20 @@ class Reptile(Algorithm):
                              "reptile_batched: true")
         self.steps_taken = 0
 
+    @property
+    def keeps_inner_state(self) -> bool:
+        # Runs trained before the setting existed started every task afresh.
+        return (bool(self.hparams.get("keep_inner_state", False))
+                and self.hparams["inner_optimizer"] == "adam")
+
     def build_model(self, spec: ModelSpec) -> nn.Module:
+        from metactl.nn.inner_loops import attach_inner_state
         from metactl.nn.learners import ConvLearner
 
-        return ConvLearner(spec.channels, spec.way, (spec.height, spec.width),
-                           hidden=int(self.hparams["hidden"]),
-                           downsample=self.hparams["downsample"])
+        model = ConvLearner(spec.channels, spec.way, (spec.height, spec.width),
+                            hidden=int(self.hparams["hidden"]),
+                            downsample=self.hparams["downsample"])
+        return attach_inner_state(model) if self.keeps_inner_state else model
 
     def logits(self, model: nn.Module, state: dict[str, Tensor], query_images: Tensor
                ) -> Tensor:

@@ -32,6 +32,7 @@ ENGINE_DEFAULTS: dict[str, Any] = {
     "optimizer": "adam",
     "lr": 1e-3,
     "momentum": 0.9,
+    "rmsprop_alpha": 0.99,
     "weight_decay": 0.0,
     "lr_decay": 1.0,
     "lr_decay_every": 0,
@@ -71,7 +72,8 @@ ENGINE_HELP = {
     "episodes": "training tasks in all (steps = episodes / meta_batch)",
     "optimizer": "outer optimizer: adam, sgd or rmsprop",
     "lr": "outer learning rate",
-    "momentum": "momentum of sgd",
+    "momentum": "momentum of sgd and rmsprop",
+    "rmsprop_alpha": "decay of rmsprop's running average of squared gradients",
     "weight_decay": "L2 penalty of the outer optimizer",
     "lr_decay_every": "steps between learning-rate decays (0: never)",
     "grad_clip": "clip the meta-gradient norm to this (0: no clipping)",
@@ -197,7 +199,7 @@ def _check_config(config: dict[str, Any]) -> None:
                                                   "train_way", "train_shot", "val_every")):
             raise UsageError(f"setting {key} must be positive, got {value}",
                              "pass a positive number")
-    for key in ("lr", "momentum", "weight_decay", "lr_decay", "grad_clip"):
+    for key in ("lr", "momentum", "rmsprop_alpha", "weight_decay", "lr_decay", "grad_clip"):
         if isinstance(config[key], bool) or not isinstance(config[key], (int, float)):
             raise UsageError(f"setting {key} must be a number, got {config[key]!r}",
                              f"pass e.g. --set {key}=0.001")

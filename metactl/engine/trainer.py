@@ -49,7 +49,10 @@ def build_optimizer(model: torch.nn.Module, config: dict[str, Any], fused: bool 
         optimizer = torch.optim.SGD(parameters, lr=lr, momentum=float(config["momentum"]),
                                     weight_decay=decay, **kernels)
     elif config["optimizer"] == "rmsprop":
-        optimizer = torch.optim.RMSprop(parameters, lr=lr, weight_decay=decay)
+        # A run saved before rmsprop_alpha existed resumes with its optimizer state's own.
+        optimizer = torch.optim.RMSprop(parameters, lr=lr,
+                                        alpha=float(config.get("rmsprop_alpha", 0.99)),
+                                        momentum=float(config["momentum"]), weight_decay=decay)
     else:
         optimizer = torch.optim.Adam(parameters, lr=lr, weight_decay=decay, **kernels)
     every = int(config["lr_decay_every"])

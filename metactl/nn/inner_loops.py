@@ -7,7 +7,8 @@ algorithm only has to write ``logits`` for the state its inner loop returns:
 
 - :class:`GradientSteps` (MAML, first-order MAML): a parameter dict, name -> (T, *shape);
   ``logits`` is typically ``task_forward(model, state, images)``.
-- :class:`ReptileSteps` (Reptile): the same, detached.
+- :class:`ReptileSteps` (Reptile): the same, detached; Adam's state fresh per task or kept
+  across tasks in the model's :class:`InnerAdamState`.
 - :class:`LSTMUpdate` (Meta-Learner LSTM): a :class:`LearnerState` (parameters and per-task
   batch-norm statistics) of ``model.learner``.
 
@@ -61,11 +62,14 @@ class Adaptation:
         parameters: the adapted parameters, name -> (T, *shape).
         losses: the inner (support) loss before each step, detached, (steps, T).
         buffers: per-task buffers the loop kept (batch-norm statistics), name -> (T, *shape).
+        moments: the inner optimizer's final state, ``{"first": ..., "second": ...}`` of
+            name -> (T, *shape), for loops that have one (:class:`ReptileSteps`).
     """
 
     parameters: Parameters
     losses: Tensor
     buffers: Parameters = field(default_factory=dict)
+    moments: dict[str, Parameters] = field(default_factory=dict)
 
 
 @dataclass
@@ -186,10 +190,52 @@ class GradientSteps(_ParameterLoop):
         return Adaptation(parameters, _stack_losses(history, targets.shape[0], targets.float()))
 
 
+class InnerAdamState(nn.Module):
+    """Adam's moment estimates and step count, kept from task to task (the authors' Reptile
+    code runs one TensorFlow Adam optimizer for every task, resetting only the weights).
+
+    Held by the model as ``model.inner_optimizer_state`` (see :func:`attach_inner_state`) so
+    that checkpoints, resuming and evaluation carry it. Buffers: ``first`` and ``second``
+    moments shaped like each parameter of the model (not per task), and ``steps``, the inner
+    steps taken so far (for Adam's bias correction).
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.names = [name for name, _ in module.named_parameters()]
+        for name, parameter in module.named_parameters():
+            self.register_buffer(self._key("first", name), torch.zeros_like(parameter.detach()))
+            self.register_buffer(self._key("second", name), torch.zeros_like(parameter.detach()))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+    @staticmethod
+    def _key(moment: str, name: str) -> str:
+        return f"{moment}__{name.replace('.', '__')}"
+
+    def moment(self, which: str, name: str) -> Tensor:
+        """The kept ``first`` or ``second`` moment of parameter ``name``, (*shape)."""
+        return getattr(self, self._key(which, name))
+
+
+def attach_inner_state(model: nn.Module) -> nn.Module:
+    """Give ``model`` an :class:`InnerAdamState` for :class:`ReptileSteps` with ``keep_state``;
+    returns the model."""
+    model.inner_optimizer_state = InnerAdamState(model)
+    return model
+
+
 class ReptileSteps(_ParameterLoop):
     """Plain training on each task: ``steps`` steps of SGD or Adam on mini-batches of the support
     set, from the model's parameters, with no graph back to them (Reptile's inner loop: Nichol,
-    Achiam & Schulman 2018). The optimizer state starts fresh for every task.
+    Achiam & Schulman 2018).
+
+    Adam's state starts fresh for every task, or, with ``keep_state``, from the model's
+    :class:`InnerAdamState` as in the authors' code, where one optimizer serves every task in
+    turn. The tasks of a batch run side by side, each from the kept state; in training the
+    state then takes their moments as if the tasks had run one after another (each task's
+    contribution decayed by the steps of the tasks after it, the step count advanced by
+    ``tasks * steps``). Evaluation reads the state and leaves it unchanged, as the authors'
+    evaluation restores it.
 
     Args:
         steps: inner steps in training (``model.training``).
@@ -200,13 +246,14 @@ class ReptileSteps(_ParameterLoop):
         betas, eps: Adam's.
         loss: ``loss(predictions, targets) -> (T,)``; default :func:`task_loss` (cross-entropy
             for integer labels, mean squared error for float targets).
+        keep_state: carry Adam's state across tasks in ``model.inner_optimizer_state``.
     """
 
     def __init__(self, steps: int = 5, lr: float = 1e-3, optimizer: str = "adam",
                  batch_size: int = 10, test_steps: int | None = None,
                  test_batch_size: int | None = None,
                  betas: tuple[float, float] = (0.0, 0.999), eps: float = 1e-8,
-                 loss: TaskLoss | None = None) -> None:
+                 loss: TaskLoss | None = None, keep_state: bool = False) -> None:
         if optimizer not in INNER_OPTIMIZERS:
             from metactl.errors import UsageError
 
@@ -217,6 +264,7 @@ class ReptileSteps(_ParameterLoop):
         self.test_batch_size = batch_size if test_batch_size is None else test_batch_size
         self.betas, self.eps = betas, eps
         self.loss = loss or task_loss
+        self.keep_state = keep_state and optimizer == "adam"
 
     def adaptation(self, algorithm: Algorithm, model: nn.Module, support: LabelledImages
                    ) -> Adaptation:
@@ -225,24 +273,56 @@ class ReptileSteps(_ParameterLoop):
         start = {name: value.detach() for name, value
                  in expand_parameters(model, support.tasks).items()}
         training = model.training
-        return self.run(forward, start, support.images, support.labels,
-                        steps=self.steps if training else self.test_steps,
-                        batch_size=self.batch_size if training else self.test_batch_size)
+        kept = model.inner_optimizer_state if self.keep_state else None
+        adaptation = self.run(forward, start, support.images, support.labels,
+                              steps=self.steps if training else self.test_steps,
+                              batch_size=self.batch_size if training else self.test_batch_size,
+                              state=kept)
+        if kept is not None and training:
+            self._keep(kept, adaptation.moments, self.steps)
+        return adaptation
+
+    def _start_moments(self, parameters: Parameters, state: InnerAdamState | None
+                       ) -> tuple[Parameters, Parameters, int]:
+        if state is None:
+            zeros = {name: torch.zeros_like(value) for name, value in parameters.items()}
+            return zeros, {name: value.clone() for name, value in zeros.items()}, 0
+        first, second = ({name: state.moment(which, name).unsqueeze(0).expand_as(value).clone()
+                          for name, value in parameters.items()}
+                         for which in ("first", "second"))
+        return first, second, int(state.steps)
+
+    def _keep(self, state: InnerAdamState, moments: dict[str, Parameters], steps: int) -> None:
+        """Fold the tasks' final moments, name -> (T, *shape), into the kept state as if the T
+        tasks had run in turn: m <- beta^(T k) m + sum_t beta^((T - 1 - t) k) (m_t - beta^k m)."""
+        tasks = next(iter(moments["second"].values())).shape[0]
+        with torch.no_grad():
+            for which, beta in zip(("first", "second"), self.betas, strict=True):
+                for name, final in moments[which].items():
+                    kept = state.moment(which, name)
+                    weights = final.new_tensor([beta ** ((tasks - 1 - t) * steps)
+                                                for t in range(tasks)])
+                    increments = final - beta ** steps * kept
+                    combined = (beta ** (tasks * steps) * kept
+                                + torch.tensordot(weights, increments, dims=1))
+                    kept.copy_(combined)
+            state.steps += tasks * steps
 
     def run(self, forward: Forward, parameters: Parameters, inputs: Tensor, targets: Tensor,
             *, steps: int | None = None, batch_size: int | None = None,
-            generator: torch.Generator | None = None) -> Adaptation:
+            generator: torch.Generator | None = None,
+            state: InnerAdamState | None = None) -> Adaptation:
         """Train per-task copies of ``parameters`` (T, *shape) on (inputs, targets) (T, N, ...).
 
-        Mini-batches are drawn with ``generator`` (default: torch's global one).
+        Mini-batches are drawn with ``generator`` (default: torch's global one). Adam starts
+        from ``state`` when given (read only), else from zero moments.
         """
         steps = self.steps if steps is None else steps
         batch_size = self.batch_size if batch_size is None else batch_size
         tasks, size = targets.shape[:2]
         order = mini_batch_indices(tasks, size, steps, batch_size, inputs.device, generator)
         parameters = {name: value.detach().clone() for name, value in parameters.items()}
-        first = {name: torch.zeros_like(value) for name, value in parameters.items()}
-        second = {name: torch.zeros_like(value) for name, value in parameters.items()}
+        first, second, taken = self._start_moments(parameters, state)
         beta1, beta2 = self.betas
         history = []
         for step in range(steps):
@@ -253,6 +333,7 @@ class ReptileSteps(_ParameterLoop):
                                    select_examples(targets, chosen))
                 gradients = task_gradients(losses, current)
             history.append(losses.detach())
+            count = taken + step + 1
             with torch.no_grad():
                 for name, value in parameters.items():
                     value.requires_grad_(False)
@@ -262,11 +343,12 @@ class ReptileSteps(_ParameterLoop):
                         continue
                     first[name].mul_(beta1).add_(gradient, alpha=1 - beta1)
                     second[name].mul_(beta2).addcmul_(gradient, gradient, value=1 - beta2)
-                    corrected = first[name] / (1 - beta1 ** (step + 1))
-                    scale = (second[name] / (1 - beta2 ** (step + 1))).sqrt_().add_(self.eps)
+                    corrected = first[name] / (1 - beta1 ** count)
+                    scale = (second[name] / (1 - beta2 ** count)).sqrt_().add_(self.eps)
                     value.sub_(self.lr * corrected / scale)
         return Adaptation({name: value.detach() for name, value in parameters.items()},
-                          _stack_losses(history, tasks, inputs))
+                          _stack_losses(history, tasks, inputs),
+                          moments={"first": first, "second": second})
 
 
 class LSTMUpdate:

@@ -41,16 +41,38 @@ class MatchingNetwork(nn.Module):
 
     def embed_support(self, images: Tensor) -> Tensor:
         """g: (T, S, C, H, W) -> (T, S, features)."""
-        embedded = embed_tasks(self.encoder, images)
+        return self.support_context(embed_tasks(self.encoder, images))
+
+    def embed_queries(self, images: Tensor, support: Tensor) -> Tensor:
+        """f: query images (T, Q, C, H, W) and g(support) (T, S, features) -> (T, Q, features)."""
+        return self.query_context(embed_tasks(self.encoder, images), support)
+
+    def embed_episode(self, support_images: Tensor, query_images: Tensor
+                      ) -> tuple[Tensor, Tensor]:
+        """g(support) and f(queries) with one encoder forward over both sets, so that batch norm
+        normalises them with the same statistics (training).
+
+        Args:
+            support_images: (T, S, C, H, W).
+            query_images: (T, Q, C, H, W).
+
+        Returns:
+            (T, S, features) and (T, Q, features).
+        """
+        embedded = embed_tasks(self.encoder, torch.cat([support_images, query_images], dim=1))
+        support = self.support_context(embedded[:, :support_images.shape[1]])
+        return support, self.query_context(embedded[:, support_images.shape[1]:], support)
+
+    def support_context(self, embedded: Tensor) -> Tensor:
+        """g(x_i, S) from the encoder's f'(x_i), (T, S, features)."""
         if self.support_lstm is None:
             return embedded
         context, _ = self.support_lstm(embedded)  # (T, S, 2 * features)
         forward, backward = context.split(self.features, dim=-1)
         return embedded + forward + backward
 
-    def embed_queries(self, images: Tensor, support: Tensor) -> Tensor:
-        """f: query images (T, Q, C, H, W) and g(support) (T, S, features) -> (T, Q, features)."""
-        embedded = embed_tasks(self.encoder, images)
+    def query_context(self, embedded: Tensor, support: Tensor) -> Tensor:
+        """f(x, S) from the encoder's f'(x) (T, Q, features) and g(support) (T, S, features)."""
         if self.query_lstm is None:
             return embedded
         tasks, queries, features = embedded.shape

@@ -112,3 +112,29 @@ def test_defaults_follow_the_paper():
     config = resolve_config("matching", MatchingNetworks.defaults, {}, {}, {})
     assert config["fce"] is False  # the paper uses FCE on mini-ImageNet, not on Omniglot
     assert set(MatchingNetworks.hyperparameter_help) == {"backbone", "hidden", "fce", "fce_steps"}
+
+
+@pytest.mark.parametrize("fce", [False, True])
+def test_training_embeds_support_and_queries_in_one_forward(fce):
+    """Batch norm in training sees each task's support and queries together, as one batch."""
+    from metactl.data.episodes import TaskBatch
+
+    torch.manual_seed(0)
+    algorithm = make_algorithm(fce=fce)
+    model = algorithm.build_model(ModelSpec(1, 28, 28, way=3)).train()
+    support, queries = torch.rand(2, 3, 1, 28, 28), torch.rand(2, 6, 1, 28, 28)
+    support_labels, query_labels = torch.arange(3).repeat(2, 1), torch.arange(3).repeat(2, 2)
+    batch = TaskBatch(support, support_labels, queries, query_labels,
+                      torch.zeros(2, 3, dtype=torch.long), way=3, shot=1, query=2)
+    loss = algorithm.loss(model, batch).loss
+    together = torch.stack([model.encoder(torch.cat([support[task], queries[task]]))
+                            for task in range(2)])
+    g = model.support_context(together[:, :3])
+    state = EmbeddedSupport(g, support_labels, 3)
+    expected = torch.nn.functional.nll_loss(
+        class_log_probabilities(model.query_context(together[:, 3:], g), state).flatten(0, 1),
+        query_labels.flatten())
+    separately = model.embed_queries(queries, model.embed_support(support))
+    assert torch.allclose(loss, expected, atol=1e-6)
+    # Separate forwards would normalise each set with its own batch-norm statistics.
+    assert not torch.allclose(model.query_context(together[:, 3:], g), separately, atol=1e-3)

@@ -89,3 +89,73 @@ def test_omniglot_defaults_follow_the_paper():
     config = resolved(5, 1)
     assert (config["lr"], config["lr_decay"], config["lr_decay_every"]) == (1e-3, 0.5, 100000)
     assert config["relation_hidden"] == 8
+    # The authors' code: their initialisation, each module's gradient norm clipped to 0.5.
+    assert (config["init"], config["module_grad_clip"]) == ("authors", 0.5)
+    assert config["transductive_batch_norm"] is False and config["grad_clip"] == 0
+
+
+def test_the_authors_initialisation_is_the_default():
+    torch.manual_seed(0)
+    model = make_algorithm().build_model(ModelSpec(1, 28, 28, way=5))
+    convolution = model.embedding.blocks[1][0]  # 64 -> 64, 3x3: std sqrt(2 / (9 * 64))
+    assert abs(float(convolution.weight.detach().std()) - (2 / (9 * 64)) ** 0.5) < 0.005
+    assert not bool(convolution.bias.any())
+    first, last = model.relation.fc[0], model.relation.fc[2]
+    assert abs(float(first.weight.detach().std()) - 0.01) < 0.002
+    assert torch.equal(first.bias, torch.ones(8)) and torch.equal(last.bias, torch.ones(1))
+    pytorch = make_algorithm(init="pytorch").build_model(ModelSpec(1, 28, 28, way=5))
+    assert not torch.equal(pytorch.relation.fc[0].bias, torch.ones(8))
+
+
+def relation_batch(tasks: int = 2, way: int = 3, query: int = 2, seed: int = 0) -> TaskBatch:
+    generator = torch.Generator().manual_seed(seed)
+    return TaskBatch(torch.rand(tasks, way, 1, 28, 28, generator=generator),
+                     torch.arange(way).repeat(tasks, 1),
+                     torch.rand(tasks, way * query, 1, 28, 28, generator=generator),
+                     torch.arange(way).repeat_interleave(query).repeat(tasks, 1),
+                     torch.zeros(tasks, way, dtype=torch.long), way=way, shot=1, query=query)
+
+
+def module_gradient_norms(model) -> list[float]:
+    return [float(torch.linalg.vector_norm(torch.stack([
+        torch.linalg.vector_norm(p.grad) for p in module.parameters()])))
+        for module in (model.embedding, model.relation)]
+
+
+def test_each_module_s_gradient_norm_is_clipped_on_its_own():
+    batch = relation_batch()
+    norms = {}
+    for limit in (0.0, 0.1):
+        torch.manual_seed(0)
+        algorithm = make_algorithm(module_grad_clip=limit, init="pytorch")
+        model = algorithm.build_model(ModelSpec(1, 28, 28, way=3))
+        algorithm.meta_gradient(model, batch)
+        norms[limit] = module_gradient_norms(model)
+    assert all(norm > 0.2 for norm in norms[0.0]), norms  # so the clipping has work to do
+    assert all(abs(norm - 0.1) < 1e-5 for norm in norms[0.1]), norms
+
+
+def test_transductive_batch_norm_normalises_each_task_and_set_on_its_own():
+    torch.manual_seed(0)
+    algorithm = make_algorithm(transductive_batch_norm=True)
+    model = algorithm.build_model(ModelSpec(1, 28, 28, way=3)).eval()
+    batch = relation_batch(tasks=2)
+    support = LabelledImages(batch.support_images, batch.support_labels, 3)
+    with torch.no_grad():
+        together = algorithm.logits(model, algorithm.adapt(model, support), batch.query_images)
+        alone = algorithm.logits(model, algorithm.adapt(model, LabelledImages(
+            batch.support_images[1:], batch.support_labels[1:], 3)), batch.query_images[1:])
+        # The authors' test pass, by hand: each forward in training mode on one task's batch.
+        reference = model.train()
+        classes = reference.embedding(batch.support_images[1])
+        queries = reference.embedding(batch.query_images[1])
+        pairs = torch.cat([classes.unsqueeze(0).expand(6, *classes.shape),
+                           queries.unsqueeze(1).expand(6, 3, *queries.shape[1:])], dim=2)
+        by_hand = reference.relation(pairs.flatten(0, 1)).view(6, 3)
+        model.eval()
+        fewer_queries = algorithm.logits(model, algorithm.adapt(model, support),
+                                         batch.query_images[:, :3])
+    assert torch.allclose(together[1], alone[0], atol=1e-6)
+    assert torch.allclose(together[1], by_hand, atol=1e-5)
+    assert not torch.allclose(fewer_queries, together[:, :3], atol=1e-4)  # transductive
+    assert not any(name.endswith("running_mean") for name in model.state_dict())

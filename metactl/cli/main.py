@@ -7,6 +7,11 @@ from typing import Annotated
 
 import typer
 
+try:  # recent typer bundles click
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+except ImportError:  # pragma: no cover - older typer uses click itself
+    from click.exceptions import ClickException, NoArgsIsHelpError
+
 from metactl import __version__
 from metactl.cli import data, plugins, run
 
@@ -39,14 +44,37 @@ def root_callback(
 
 
 def main() -> None:
-    """Run the CLI; a :class:`MetactlError` becomes one line on stderr and a non-zero exit."""
+    """Run the CLI. A :class:`MetactlError`, or a command line that does not parse, becomes one
+    line on stderr and a non-zero exit; anything else is a bug and keeps its traceback."""
     from metactl.errors import MetactlError
 
     try:
-        app(standalone_mode=True)
+        code = app(standalone_mode=False)
     except MetactlError as error:
         typer.echo(f"Error: {error.one_line()}", err=True)
         sys.exit(error.exit_code)
-    except KeyboardInterrupt:
+    except ClickException as error:
+        sys.exit(_show_command_line_error(error))
+    except typer.Abort:
+        typer.echo("Aborted.", err=True)
+        sys.exit(1)
+    if code == 130:  # Ctrl-C, which typer turns into an exit status
         typer.echo("Interrupted.", err=True)
-        sys.exit(130)
+    if isinstance(code, int) and code:
+        sys.exit(code)
+
+
+def _show_command_line_error(error: ClickException) -> int:
+    """One line for a bad command line (typer draws a box of several); the help screen when a
+    group is called without a command."""
+    if isinstance(error, NoArgsIsHelpError):
+        from typer import rich_utils
+
+        rich_utils.rich_format_error(error)
+        return error.exit_code
+    from metactl.errors import UsageError
+
+    context = getattr(error, "ctx", None)
+    hint = f"see `{context.command_path} --help`" if context is not None else ""
+    typer.echo(f"Error: {UsageError(error.format_message(), hint).one_line()}", err=True)
+    return error.exit_code

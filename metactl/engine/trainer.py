@@ -19,7 +19,8 @@ from metactl.engine.checkpoint import load_checkpoint, save_checkpoint
 from metactl.engine.device import Placement, placement_for
 from metactl.engine.run import RunFolder
 from metactl.engine.tasks import TaskSource, load_tasks
-from metactl.errors import UsageError
+from metactl.errors import DataError, Interrupted, UsageError
+from metactl.fileio import check_output_folder
 
 Report = Callable[[str], None]
 
@@ -109,15 +110,22 @@ class Trainer:
         return (self.spec.channels, self.spec.height, self.spec.width)
 
     def save_last(self) -> None:
-        save_checkpoint(self.run.last, self._payload())
+        try:
+            save_checkpoint(self.run.last, self._payload())
+        except DataError as error:
+            raise DataError(f"{error.message}; {self._where_to_continue()}", error.hint) from None
         self._saved_step = self.state.step
 
-    def resume(self) -> None:
-        """Restore everything from ``last.pt`` so the run continues as if never stopped."""
-        checkpoint = load_checkpoint(self.run.last)
-        if checkpoint.get("algorithm") != self.algorithm.name:
-            raise UsageError(f"{self.run.path} was trained with {checkpoint.get('algorithm')!r}",
-                             "resume it with the same algorithm")
+    def _where_to_continue(self) -> str:
+        """What is on disk after a failure, and how to go on from it."""
+        if self._saved_step is not None:
+            return (f"the last checkpoint is from step {self._saved_step}; continue with "
+                    f"`metactl train --resume {self.run.path}`")
+        return "no checkpoint was saved, so the run must start again"
+
+    def resume(self, checkpoint: dict[str, Any]) -> None:
+        """Restore everything from a ``last.pt`` (checked by :func:`resume_point`) so the run
+        continues as if never stopped."""
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.schedule.load_state_dict(checkpoint["schedule"])
@@ -135,12 +143,15 @@ class Trainer:
                     f"({self.config['train_way']}-way {self.config['train_shot']}-shot, "
                     f"{self.total_steps} steps of {self.config['meta_batch']} tasks) on "
                     f"{self.placement.describe()}; run folder {self.run.path}")
-        with self._graceful_interrupt(), self._progress() as advance:
-            while self.state.step < self.total_steps and not self._stop_requested:
-                record = self._one_step()
-                advance(record)
-                if self._due(int(self.config["val_every"])):
-                    self._validate_and_save()
+        try:
+            with self._graceful_interrupt(), self._progress() as advance:
+                while self.state.step < self.total_steps and not self._stop_requested:
+                    record = self._one_step()
+                    advance(record)
+                    if self._due(int(self.config["val_every"])):
+                        self._validate_and_save()
+        except KeyboardInterrupt:
+            raise Interrupted(f"aborted without saving; {self._where_to_continue()}") from None
         if self._stop_requested:
             self.save_last()
             self.report(f"stopped at step {self.state.step}; continue with "
@@ -167,7 +178,8 @@ class Trainer:
         self.state.step += 1
         loss = float(result.loss.detach())
         if not math.isfinite(loss):
-            raise UsageError(f"the training loss became {loss} at step {self.state.step}",
+            raise UsageError(f"the training loss became {loss} at step {self.state.step}; "
+                             f"{self._where_to_continue()}",
                              "lower the learning rate (--lr) or try --set amp=none")
         record = {"step": self.state.step, "loss": loss, "accuracy": result.accuracy,
                   "lr": self.schedule.get_last_lr()[0],
@@ -248,17 +260,82 @@ class Trainer:
 def train(algorithm_name: str, config: dict[str, Any], *, out: Path | None = None,
           resume: Path | None = None, mirror: str | None = None, root: str | None = None,
           report: Report = print, show_progress: bool = True) -> tuple[RunFolder, TrainingState]:
-    """Train ``algorithm_name`` with a resolved ``config``; return the run and its final state."""
+    """Train ``algorithm_name`` with a resolved ``config``; return the run and its final state.
+
+    Everything that can be checked cheaply is checked before the data is loaded: the settings,
+    the run folder (a file, a folder another process writes, a folder that holds a run), and
+    the checkpoint a resume starts from.
+    """
     from metactl.plugins import get_registry
 
     algorithm = get_registry().get(algorithm_name)(config)
+    check_queries(algorithm, config)
     run = RunFolder(Path(resume) if resume else Path(out) if out else default_run_folder(config))
-    if not resume and run.last.is_file():
-        raise UsageError(f"{run.path} already holds a run",
-                         f"resume it with `metactl train --resume {run.path}` "
-                         "or pick another --out")
-    trainer = Trainer(algorithm, config, run, report, show_progress, mirror=mirror, root=root)
-    if resume:
-        trainer.resume()
-    run.write_config(config)
-    return run, trainer.train()
+    if not resume:
+        check_output_folder(run.path, "--out")
+    with run.writing("metactl train"):
+        checkpoint = resume_point(run, config) if resume else None
+        if checkpoint is None:
+            check_new_run(run)
+        trainer = Trainer(algorithm, config, run, report, show_progress, mirror=mirror, root=root)
+        if checkpoint is not None:
+            trainer.resume(checkpoint)
+        else:
+            run.start_metrics()
+        run.write_config(config)
+        return run, trainer.train()
+
+
+def check_queries(algorithm: Algorithm, config: dict[str, Any]) -> None:
+    """Training tasks need queries, except for learners that read labelled sequences."""
+    if int(config["train_query"]) < 1 and not algorithm.learns_from_sequences:
+        raise UsageError(f"setting train_query must be positive for {algorithm.name}, got "
+                         f"{config['train_query']}", "its loss is computed on the queries; "
+                         "pass --set train_query=5, say")
+
+
+def check_new_run(run: RunFolder) -> None:
+    for checkpoint in (run.last, run.best):
+        if checkpoint.is_file():
+            raise UsageError(f"{run.path} already holds a run",
+                             f"resume it with `metactl train --resume {run.path}` "
+                             "or pick another --out")
+
+
+TRAINING_STATE = ("model", "optimizer", "schedule", "sampler_rng", "torch_rng", "step",
+                  "best_score", "best_step")
+
+
+def resume_point(run: RunFolder, config: dict[str, Any]) -> dict[str, Any]:
+    """The checked ``last.pt`` of ``run``: a full training state, of the run's algorithm, not
+    past the steps ``config`` asks for."""
+    if not run.last.is_file():
+        raise DataError(f"{run.path} has no checkpoints/last.pt to resume from; "
+                        f"{_best_checkpoint_note(run)}",
+                        "a save that failed (a full disk?) can lose it: evaluate the run with "
+                        f"`metactl evaluate {run.path}`, or train again with another --out")
+    checkpoint = load_checkpoint(run.last)
+    if checkpoint.get("algorithm") != config["algorithm"]:
+        raise UsageError(f"{run.path} was trained with {checkpoint.get('algorithm')!r}",
+                         "resume it with the same algorithm")
+    missing = [key for key in TRAINING_STATE if key not in checkpoint]
+    if missing:
+        raise DataError(f"{run.last} holds no training state (no {missing[0]}); it may be a "
+                        "copy of best.pt, which keeps only the model",
+                        "resume needs the last.pt that training wrote; evaluate the run with "
+                        f"`metactl evaluate {run.path}`, or train again with another --out")
+    step = int(checkpoint["step"])
+    total = math.ceil(int(config["episodes"]) / int(config["meta_batch"]))
+    if step > total:
+        raise UsageError(f"{run.path} has already trained {step} steps; --episodes "
+                         f"{config['episodes']} is {total} steps",
+                         f"pass --episodes {step * int(config['meta_batch'])} or more to train "
+                         "longer")
+    return checkpoint
+
+
+def _best_checkpoint_note(run: RunFolder) -> str:
+    if not run.best.is_file():
+        return "it has no best.pt either"
+    step = load_checkpoint(run.best).get("step", "?")
+    return f"its best.pt is from step {step} but keeps only the model, not the training state"

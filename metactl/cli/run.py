@@ -76,7 +76,13 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ):
     """Mean test accuracy (or regression error) with its 95% CI over fixed episodes."""
-    from metactl.engine.session import evaluate_and_record, parse_steps, plot_sinusoid
+    from metactl.engine.session import (
+        check_plottable,
+        evaluate_and_record,
+        parse_steps,
+        plot_sinusoid,
+    )
+    from metactl.fileio import check_output_file
 
     if positions is not None:
         _refuse_with_positions(shot=shot, query=query, episode_file=episode_file, steps=steps,
@@ -85,17 +91,22 @@ def evaluate(
                             device=device, root=root, as_json=as_json)
         return
     step_counts = parse_steps(steps)
-    results = [evaluate_and_record(run, episodes=episodes, way=way, shot=shot, query=query,
-                                   split=split, episode_file=episode_file, seed=seed,
-                                   device=device, root=root, inner_steps=count)
-               for count in step_counts]
+    if plot is not None:
+        check_plottable(run)
+        check_output_file(plot, "--plot")
+    evaluate_and_record(run, step_counts, lambda results: _show(results, step_counts, as_json),
+                        episodes=episodes, way=way, shot=shot, query=query, split=split,
+                        episode_file=episode_file, seed=seed, device=device, root=root)
     if plot is not None:
         plot_sinusoid(run, step_counts, plot, shot=shot, seed=seed, device=device)
         say(f"wrote {plot}")
+
+
+def _show(results: list, step_counts: list[int | None], as_json: bool) -> None:
     if as_json:
         documents = [{**result.to_json(), **({} if count is None else {"inner_steps": count})}
                      for count, result in zip(step_counts, results, strict=True)]
-        print_json(documents[0] if steps is None else documents)
+        print_json(documents[0] if step_counts == [None] else documents)
         return
     for count, result in zip(step_counts, results, strict=True):
         setting = "" if count is None else f" after {count} inner steps"
@@ -120,14 +131,16 @@ def _evaluate_positions(run: Path, text: str, *, as_json: bool, **options) -> No
     from metactl.engine.sequences import parse_positions
     from metactl.engine.session import evaluate_positions_and_record
 
-    result = evaluate_positions_and_record(run, parse_positions(text), **options)
-    if as_json:
-        print_json(result.to_json())
-        return
-    typer.echo(f"{result.way}-way sequences of {result.instances} images per class, "
-               f"{result.split} (95% CI, {result.episodes} episodes):")
-    for line in result.lines():
-        typer.echo(f"  {line}")
+    def show(result) -> None:
+        if as_json:
+            print_json(result.to_json())
+            return
+        typer.echo(f"{result.way}-way sequences of {result.instances} images per class, "
+                   f"{result.split} (95% CI, {result.episodes} episodes):")
+        for line in result.lines():
+            typer.echo(f"  {line}")
+
+    evaluate_positions_and_record(run, parse_positions(text), show, **options)
 
 
 def predict(

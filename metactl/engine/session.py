@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from metactl.engine.config import load_config_file, parse_assignments, resolve_config
-from metactl.engine.run import RunFolder, open_run, write_text_atomic
+from metactl.engine.config import (
+    check_settings,
+    load_config_file,
+    parse_assignments,
+    resolve_config,
+)
+from metactl.engine.run import open_run, write_text_atomic
 from metactl.errors import UsageError
 
 
@@ -31,6 +37,7 @@ def start_training(algorithm_name: str | None, cli_values: dict[str, Any],
         if changed:
             raise UsageError(f"a resumed run keeps its settings; {', '.join(changed)} differ",
                              "only --episodes may change (to train longer)")
+        check_settings(overrides)
         config = {**saved, **overrides}
         return train(saved["algorithm"], config, resume=run.path, root=root, mirror=mirror,
                      report=report)
@@ -42,28 +49,37 @@ def start_training(algorithm_name: str | None, cli_values: dict[str, Any],
     return train(algorithm_name, config, out=out, root=root, mirror=mirror, report=report)
 
 
-def evaluate_and_record(run_path: Path, **options: Any):
-    """Evaluate a run and save the result as
-    ``evaluation-<split>-<way>way-<shot>shot[-<steps>steps].json`` in the run folder."""
+def evaluate_and_record(run_path: Path, steps: Sequence[int | None], show: Callable,
+                        **options: Any) -> list:
+    """Evaluate a run once per inner-step count (None: the algorithm's own), hand the results
+    to ``show`` so they are seen even if saving them fails, then save each as
+    ``evaluation-<split>-<way>way-<shot>shot[-<steps>steps].json`` in the run folder, which no
+    other process writes meanwhile."""
     from metactl.engine.evaluator import evaluate_run
 
-    result = evaluate_run(run_path, **options)
-    run = RunFolder(Path(run_path))
-    steps = options.get("inner_steps")
-    suffix = "" if steps is None else f"-{steps}steps"
-    name = f"evaluation-{result.split}-{result.way}way-{result.shot}shot{suffix}.json"
-    write_text_atomic(run.path / name, json.dumps(result.to_json(), indent=2) + "\n")
-    return result
+    run = open_run(run_path)
+    with run.writing("metactl evaluate"):
+        results = [evaluate_run(run.path, inner_steps=count, **options) for count in steps]
+        show(results)
+        for count, result in zip(steps, results, strict=True):
+            suffix = "" if count is None else f"-{count}steps"
+            name = f"evaluation-{result.split}-{result.way}way-{result.shot}shot{suffix}.json"
+            write_text_atomic(run.path / name, json.dumps(result.to_json(), indent=2) + "\n")
+    return results
 
 
-def evaluate_positions_and_record(run_path: Path, positions: tuple[int, ...], **options: Any):
-    """Accuracy by instance position, saved as ``evaluation-<split>-<way>way-positions.json``."""
+def evaluate_positions_and_record(run_path: Path, positions: tuple[int, ...], show: Callable,
+                                  **options: Any):
+    """Accuracy by instance position, shown, then saved as
+    ``evaluation-<split>-<way>way-positions.json``."""
     from metactl.engine.sequences import evaluate_positions
 
-    result = evaluate_positions(run_path, positions, **options)
-    name = f"evaluation-{result.split}-{result.way}way-positions.json"
-    write_text_atomic(RunFolder(Path(run_path)).path / name,
-                      json.dumps(result.to_json(), indent=2) + "\n")
+    run = open_run(run_path)
+    with run.writing("metactl evaluate"):
+        result = evaluate_positions(run.path, positions, **options)
+        show(result)
+        name = f"evaluation-{result.split}-{result.way}way-positions.json"
+        write_text_atomic(run.path / name, json.dumps(result.to_json(), indent=2) + "\n")
     return result
 
 
@@ -79,6 +95,13 @@ def parse_steps(text: str | None) -> list[int | None]:
     if any(count < 0 for count in steps):
         raise UsageError("--steps must not be negative", "write e.g. --steps 0,1,10")
     return steps
+
+
+def check_plottable(run_path: Path) -> None:
+    """Refuse ``--plot`` before any work unless the run is a sinusoid run."""
+    if open_run(run_path).read_config().get("dataset") != "sinusoid":
+        raise UsageError("--plot draws sinusoid tasks, and this run is not on sinusoid",
+                         "drop --plot, or evaluate a run trained with --dataset sinusoid")
 
 
 def plot_sinusoid(run_path: Path, steps: list[int | None], output: Path, *, shot: int | None,

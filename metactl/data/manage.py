@@ -165,6 +165,7 @@ def preprocess_dataset(name: str, *, root: str | Path | None = None, scheme: str
     if missing:
         raise DataError(f"{name} is not downloaded (missing {missing[0]})",
                         f"run `metactl data fetch {name}` first")
+    ensure_writable(layout.folder)  # before decoding thousands of images
     return _build_store(layout, scheme_name, size, False, report)
 
 

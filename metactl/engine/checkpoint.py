@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import pickle
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +20,13 @@ VERSION = 1
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> Path:
     with atomic_write(path, "check the run folder's permissions and free space") as temporary:
-        # Through a Python file, a failed write is an OSError naming its cause (a full disk);
-        # torch's own file writer reports it as an unexplained RuntimeError.
+        # Serialised in memory, then written in one go: a failed write is then an OSError
+        # naming its cause (a full disk), where torch's own writer raises an unexplained
+        # RuntimeError ("unexpected pos").
+        buffer = io.BytesIO()
+        torch.save({"format": FORMAT, "version": VERSION, **payload}, buffer)
         with open(temporary, "wb") as stream:
-            torch.save({"format": FORMAT, "version": VERSION, **payload}, stream)
+            stream.write(buffer.getbuffer())
     return Path(path)
 
 
@@ -34,8 +39,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             warnings.simplefilter("ignore")
             payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - any unpickling failure means a bad file
-        raise DataError(f"checkpoint {path} is corrupt or not a metactl checkpoint "
-                        f"({_reason(error)})",
+        reason = (_reason(error) if zipfile.is_zipfile(path)
+                  else "the file is truncated, or not a torch checkpoint")
+        raise DataError(f"checkpoint {path} is corrupt or not a metactl checkpoint ({reason})",
                         "delete it, or resume from another checkpoint") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise DataError(f"{path} is not a metactl checkpoint", "point at a run folder")

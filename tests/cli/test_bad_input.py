@@ -182,9 +182,9 @@ CASES = [
          "state", _best_as_last),
     Case("resume without last.pt", "train --resume {run}", DATA, "best.pt is from step",
          _only_best),
-    Case("resume a truncated checkpoint", "train --resume {run}", DATA, "is corrupt",
+    Case("resume a truncated checkpoint", "train --resume {run}", DATA, "is truncated",
          _truncated_last),
-    Case("resume a pickled object", "train --resume {run}", DATA, "is corrupt",
+    Case("resume a pickled object", "train --resume {run}", DATA, "never unpickles",
          _pickled_last),
     # Evaluation
     Case("evaluate zero way", "evaluate {run} --way 0", USAGE, "--way must be positive"),

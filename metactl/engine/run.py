@@ -81,7 +81,8 @@ class RunFolder:
         """Be the run's only writer for the block: an exclusive lock that the kernel drops when
         the process dies. A folder this call created is removed again if the block leaves it
         empty (a run that failed before writing anything)."""
-        created = not self.path.exists()
+        created = [folder for folder in (self.path, *self.path.parents)
+                   if not folder.exists()]  # this call makes them, innermost first
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as error:
@@ -92,9 +93,9 @@ class RunFolder:
             with exclusive_lock(self.lock_path, command, f"run folder {self.path}"):
                 yield self
         finally:
-            if created:
+            for folder in created:
                 with suppress(OSError):
-                    self.path.rmdir()  # only when empty
+                    folder.rmdir()  # only when empty
 
     def holder(self) -> LockHolder | None:
         """The process writing the run now, if any (read from its lock file)."""

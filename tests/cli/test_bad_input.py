@@ -113,10 +113,11 @@ def _config_file(text: str) -> Callable[[Path, Path], None]:
 
 def _huge_image(folder: Path, root: Path) -> None:
     """An image past Pillow's decompression-bomb warning: 90 megapixels, or, to keep the test
-    quick, 40x40 pixels with the warning's threshold lowered to 1,000 (see the test)."""
+    quick, 120x120 pixels with the warning's threshold lowered to 12,000, above the 105x105
+    support drawings (see the test)."""
     from PIL import Image
 
-    Image.new("1", (40, 40), 1).save(folder / "queries" / "huge.png")
+    Image.new("1", (120, 120), 1).save(folder / "queries" / "huge.png")
 
 
 # Short, so that a case the code fails to refuse costs seconds; a later --episodes wins.
@@ -162,6 +163,8 @@ CASES = [
     Case("unknown dataset", f"{TRAIN} --dataset omniglott", USAGE, "omniglott"),
     Case("misspelt algorithm", "train protoypical", USAGE, "Did you mean 'prototypical'"),
     Case("way above the classes", f"{TRAIN} --way 500", USAGE, "way 500 is larger"),
+    Case("way above the classes, default folder", "train prototypical", USAGE,
+         "way 60 is larger than the 28 classes"),
     Case("--out is a file", "train prototypical --out {file}", USAGE, "is a file"),
     Case("missing config file", f"{TRAIN} --config {{tmp}}/absent.yaml", USAGE,
          "does not exist"),
@@ -236,7 +239,7 @@ CASES = [
     Case("predict to an unknown format", "predict {run} --support {support} --query {queries} "
          "-o {tmp}/out.txt", USAGE, "unknown format"),
     Case("predict a 90-megapixel image", "predict {run} --support {support} --query "
-         "{queries}/huge.png", 0, "", _huge_image, pixel_limit=1000),
+         "{queries}/huge.png", 0, "", _huge_image, pixel_limit=12_000),
     # Data commands
     Case("preprocess size 0", "data preprocess omniglot --size 0", USAGE,
          "--size must be positive"),
@@ -312,9 +315,9 @@ def workspace(tmp_path, tiny_omniglot_root, prototypical_run, sinusoid_run) -> P
 
 
 def snapshot(*folders: Path) -> dict[Path, str]:
-    """Every file under ``folders`` with the SHA-256 of its bytes."""
-    return {path: hashlib.sha256(path.read_bytes()).hexdigest()
-            for folder in folders for path in sorted(folder.rglob("*")) if path.is_file()}
+    """Every file under ``folders`` with the SHA-256 of its bytes, and every folder."""
+    return {path: hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "folder"
+            for folder in folders for path in sorted(folder.rglob("*"))}
 
 
 def placeholders(workspace: Path) -> dict[str, str]:

@@ -150,14 +150,14 @@ class Trainer:
                     advance(record)
                     if self._due(int(self.config["val_every"])):
                         self._validate_and_save()
-        except KeyboardInterrupt:
+            if self._stop_requested:
+                self.save_last()
+                self.report(f"stopped at step {self.state.step}; continue with "
+                            f"`metactl train --resume {self.run.path}`")
+            elif self._saved_step != self.state.step:
+                self._validate_and_save()
+        except KeyboardInterrupt:  # the second Ctrl-C; checkpoints are never half-written
             raise Interrupted(f"aborted without saving; {self._where_to_continue()}") from None
-        if self._stop_requested:
-            self.save_last()
-            self.report(f"stopped at step {self.state.step}; continue with "
-                        f"`metactl train --resume {self.run.path}`")
-        elif self._saved_step != self.state.step:
-            self._validate_and_save()
         return self.state
 
     def _due(self, every: int) -> bool:

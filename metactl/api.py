@@ -213,8 +213,10 @@ def evaluate(run: Run | str | Path, *, episodes: int | None = None, way: int | N
     options = {"episodes": episodes, "way": way, "shot": shot, "query": query, "split": split,
                "episode_file": Path(episode_file) if episode_file else None, "seed": seed,
                "device": device, "root": str(root) if root else None,
-               "inner_steps": inner_steps, "settings": settings, "algorithm": algorithm_class}
-    return (evaluate_and_record if record else evaluate_run)(path, **options)
+               "settings": settings, "algorithm": algorithm_class}
+    if record:
+        return evaluate_and_record(path, [inner_steps], **options)[0]
+    return evaluate_run(path, inner_steps=inner_steps, **options)
 
 
 def predict(run: Run | str | Path, support: str | Path, queries: Sequence[str | Path], *,

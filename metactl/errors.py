@@ -45,3 +45,19 @@ class DownloadError(DataError):
 
 class PluginError(MetactlError):
     """A plugin that cannot be loaded or registers something invalid."""
+
+
+class Interrupted(MetactlError):
+    """Work stopped by the user (a second Ctrl-C); exits like a shell's interrupted command."""
+
+    exit_code = 130
+
+
+def check_positive(**options: int | None) -> None:
+    """Refuse a command-line count that is zero or negative, naming its option
+    (``check_positive(way=0)`` -> "--way must be positive, got 0"); None means not given."""
+    for name, value in options.items():
+        if value is not None and value < 1:
+            option = "--" + name.replace("_", "-")
+            raise UsageError(f"{option} must be positive, got {value}",
+                             f"pass {option} 1 or more, or leave it out for the default")

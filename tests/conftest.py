@@ -29,3 +29,19 @@ def omniglot_root(tmp_path_factory) -> Path:
     root = Path(reuse) if reuse else tmp_path_factory.mktemp("metactl-home")
     fetch_dataset("omniglot", root=root, mirror=str(SHARED_DATASETS))
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_omniglot_root(tmp_path_factory) -> Path:
+    """A data root holding the tiny real Omniglot (13 characters, see
+    ``tests/data/omniglot_fixtures.py``) as Vinyals and background stores at 28 px, where
+    ``--root`` finds them: enough for the CLI to train, evaluate and draw episodes in seconds."""
+    from data.omniglot_fixtures import TINY_CHECKSUMS, make_tiny_omniglot
+
+    from metactl.data.omniglot import build_store
+
+    root = tmp_path_factory.mktemp("tiny-home")
+    layout = make_tiny_omniglot(root)
+    for scheme in ("vinyals", "background"):
+        build_store(layout, scheme, 28, TINY_CHECKSUMS)
+    return root

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
+import traceback
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -27,6 +32,56 @@ def run_metactl(*arguments: str, env: dict[str, str] | None = None, timeout: flo
     """Run the real ``metactl`` command and capture its output."""
     return subprocess.run([metactl_executable(), *arguments], capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=timeout, cwd=cwd)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a command left: its exit status and what it printed."""
+
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+def invoke_metactl(*arguments: str, env: dict[str, str] | None = None,
+                   cwd: Path | None = None) -> Outcome:
+    """Run ``metactl ARGUMENTS`` in this process through the real entry point, ``main()``:
+    a subprocess costs seconds of imports. Warnings appear on stderr as Python would print
+    them, and an exception that escapes ``main`` as its traceback, so a test sees what a user
+    would."""
+    from metactl.cli.main import main
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    exit_code = 0
+    with _patched_environment(env or {}, cwd), warnings.catch_warnings(record=True) as caught, \
+            contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        warnings.simplefilter("default")
+        sys.argv = ["metactl", *arguments]
+        try:
+            main()
+        except SystemExit as exit:
+            exit_code = exit.code if isinstance(exit.code, int) else 1
+        except Exception:  # noqa: BLE001 - shown the way Python shows it
+            stderr.write(traceback.format_exc())
+            exit_code = 1
+    shown = "".join(warnings.formatwarning(w.message, w.category, w.filename, w.lineno)
+                    for w in caught)
+    return Outcome(exit_code, stdout.getvalue(), shown + stderr.getvalue())
+
+
+@contextlib.contextmanager
+def _patched_environment(env: dict[str, str], cwd: Path | None):
+    saved_environment, saved_cwd, saved_argv = dict(os.environ), Path.cwd(), sys.argv
+    os.environ.update(env)
+    if cwd is not None:
+        os.chdir(cwd)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_environment)
+        os.chdir(saved_cwd)
+        sys.argv = saved_argv
 
 
 def train_briefly(name: str, settings: dict, root: Path, out: Path):

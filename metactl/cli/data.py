@@ -101,7 +101,11 @@ def split(
 ):
     """Write a fixed episode file so that every algorithm is evaluated on the same tasks."""
     from metactl.data.manage import draw_episodes
+    from metactl.errors import check_positive
+    from metactl.fileio import check_output_file
 
+    check_positive(query=query)
+    check_output_file(output, "--output")
     episode_set = draw_episodes(dataset, split=split_name, way=way, shot=shot, query=query,
                                 episodes=episodes, seed=seed, root=root, scheme=scheme, size=size)
     episode_set.save(output)
@@ -117,7 +121,9 @@ def info(dataset: DatasetArgument, root: RootOption = None, scheme: SchemeOption
     """Print a store's splits, classes, images, shapes and provenance."""
     from metactl.data.hdf5 import open_store
     from metactl.data.manage import layout_for
+    from metactl.errors import check_positive
 
+    check_positive(size=size)
     layout = layout_for(dataset, root)
     scheme_name = layout.card.split_scheme(_scheme(scheme, old_scheme)).name
     summary = open_store(layout.store_path(scheme_name, size)).summary()
@@ -169,8 +175,14 @@ def show(
     from metactl.data.episodes import EpisodeSet
     from metactl.data.manage import draw_episodes, open_split
     from metactl.data.render import save_episode_png
-    from metactl.errors import UsageError
+    from metactl.errors import UsageError, check_positive
+    from metactl.fileio import check_output_file
 
+    if episode < 0:
+        raise UsageError(f"--episode must not be negative, got {episode}",
+                         "episodes are numbered from 0")
+    check_positive(query=query)
+    check_output_file(output, "--output")
     if episode_file is not None:
         episode_set = EpisodeSet.load(episode_file)
     else:

@@ -7,6 +7,11 @@ from typing import Annotated
 
 import typer
 
+try:  # recent typer bundles click
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+except ImportError:  # pragma: no cover - older typer uses click itself
+    from click.exceptions import ClickException, NoArgsIsHelpError
+
 from metactl import __version__
 from metactl.cli import data, plugins, reproduce, run, runs
 
@@ -48,24 +53,47 @@ _state = {"debug": False}
 
 
 def main() -> None:
-    """Run the CLI; a :class:`MetactlError` becomes one line on stderr and a non-zero exit, and
-    so does an error raised inside a plugin (unless ``--debug``)."""
+    """Run the CLI. A :class:`MetactlError`, a command line that does not parse, or an error
+    raised inside a plugin (unless ``--debug``) becomes one line on stderr and a non-zero exit;
+    anything else is a bug in metactl and keeps its traceback."""
     from metactl.errors import MetactlError
 
     try:
-        app(standalone_mode=True)
+        code = app(standalone_mode=False)
     except MetactlError as error:
         typer.echo(f"Error: {error.one_line()}", err=True)
         sys.exit(error.exit_code)
-    except KeyboardInterrupt:
-        typer.echo("Interrupted.", err=True)
-        sys.exit(130)
+    except ClickException as error:
+        sys.exit(_show_command_line_error(error))
+    except typer.Abort:
+        typer.echo("Aborted.", err=True)
+        sys.exit(1)
     except Exception as error:
         line = None if _state["debug"] else plugin_error_line(error)
         if line is None:
             raise
         typer.echo(line, err=True)
         sys.exit(1)
+    if code == 130:  # Ctrl-C, which typer turns into an exit status
+        typer.echo("Interrupted.", err=True)
+    if isinstance(code, int) and code:
+        sys.exit(code)
+
+
+def _show_command_line_error(error: ClickException) -> int:
+    """One line for a bad command line (typer draws a box of several); the help screen when a
+    group is called without a command."""
+    if isinstance(error, NoArgsIsHelpError):
+        from typer import rich_utils
+
+        rich_utils.rich_format_error(error)
+        return error.exit_code
+    from metactl.errors import UsageError
+
+    context = getattr(error, "ctx", None)
+    hint = f"see `{context.command_path} --help`" if context is not None else ""
+    typer.echo(f"Error: {UsageError(error.format_message(), hint).one_line()}", err=True)
+    return error.exit_code
 
 
 def plugin_error_line(error: BaseException) -> str | None:

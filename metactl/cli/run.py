@@ -119,12 +119,12 @@ def evaluate(
     """Mean test accuracy (or regression error) with its 95% CI over fixed episodes."""
     from metactl.engine.config import parse_assignments
     from metactl.engine.session import (
-        describe_evaluation,
+        check_plottable,
         evaluate_and_record,
-        evaluation_document,
         parse_steps,
         plot_sinusoid,
     )
+    from metactl.fileio import check_output_file
 
     tune_process()
     if old_steps is not None:
@@ -139,18 +139,26 @@ def evaluate(
                             device=device, root=root, as_json=as_json)
         return
     step_counts = parse_steps(inner_steps)
-    results = [evaluate_and_record(run, episodes=episodes, way=way, shot=shot, query=query,
-                                   split=split, episode_file=episode_file, seed=seed,
-                                   device=device, root=root, inner_steps=count,
-                                   settings=settings)
-               for count in step_counts]
+    if plot is not None:
+        check_plottable(run)
+        check_output_file(plot, "--plot")
+    evaluate_and_record(run, step_counts,
+                        lambda results: _show(results, step_counts, settings, as_json),
+                        episodes=episodes, way=way, shot=shot, query=query, split=split,
+                        episode_file=episode_file, seed=seed, device=device, root=root,
+                        settings=settings)
     if plot is not None:
         plot_sinusoid(run, step_counts, plot, shot=shot, seed=seed, device=device)
         say(f"wrote {plot}")
+
+
+def _show(results: list, step_counts: list[int | None], settings: dict, as_json: bool) -> None:
+    from metactl.engine.session import describe_evaluation, evaluation_document
+
     if as_json:
         documents = [evaluation_document(result, count, settings)
                      for count, result in zip(step_counts, results, strict=True)]
-        print_json(documents[0] if inner_steps is None else documents)
+        print_json(documents[0] if step_counts == [None] else documents)
         return
     for count, result in zip(step_counts, results, strict=True):
         typer.echo(describe_evaluation(result, count))
@@ -170,14 +178,16 @@ def _evaluate_positions(run: Path, text: str, *, as_json: bool, **options) -> No
     from metactl.engine.sequences import parse_positions
     from metactl.engine.session import evaluate_positions_and_record
 
-    result = evaluate_positions_and_record(run, parse_positions(text), **options)
-    if as_json:
-        print_json(result.to_json())
-        return
-    typer.echo(f"{result.way}-way sequences of {result.instances} images per class, "
-               f"{result.split} (95% CI, {result.episodes} episodes):")
-    for line in result.lines():
-        typer.echo(f"  {line}")
+    def show(result) -> None:
+        if as_json:
+            print_json(result.to_json())
+            return
+        typer.echo(f"{result.way}-way sequences of {result.instances} images per class, "
+                   f"{result.split} (95% CI, {result.episodes} episodes):")
+        for line in result.lines():
+            typer.echo(f"  {line}")
+
+    evaluate_positions_and_record(run, parse_positions(text), show, **options)
 
 
 def predict(

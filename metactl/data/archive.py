@@ -2,12 +2,14 @@
 
 Everything is extracted into a hidden staging folder inside the target first; the top-level
 entries are moved into place only once the whole archive has extracted cleanly, so a
-crafted or corrupt archive leaves nothing behind.
+crafted or corrupt archive leaves nothing behind. A staging folder that a killed process left
+(its name holds the process id) is removed by the next extraction into the same target.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import lzma
 import os
 import re
@@ -21,10 +23,12 @@ from pathlib import Path, PureWindowsPath
 from typing import IO
 
 from metactl.errors import DataError
+from metactl.fileio import describe_os_error, disk_hint, process_is_alive
 
 ZIP_SUFFIXES = (".zip",)
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".tbz2")
 STAGING_PREFIX = ".metactl-extract-"
+STAGING_NAME = re.compile(rf"^{re.escape(STAGING_PREFIX)}(?P<pid>\d+)-")
 UNSAFE_HINT = "delete the file and fetch it again; it may be corrupt or crafted"
 CORRUPT_ERRORS = (
     zipfile.BadZipFile,
@@ -38,7 +42,8 @@ CORRUPT_ERRORS = (
 CHUNK_SIZE = 1 << 20
 
 
-def safe_extract(archive: Path, target: Path, *, merge: bool = False) -> list[str]:
+def safe_extract(archive: Path, target: Path, *, merge: bool = False,
+                 content_sha256: str | None = None) -> list[str]:
     """Extract a .zip or .tar(.gz/.xz/.bz2) archive into ``target``.
 
     Args:
@@ -46,6 +51,8 @@ def safe_extract(archive: Path, target: Path, *, merge: bool = False) -> list[st
         target: the folder to extract into; created if needed.
         merge: merge folders that already exist in ``target`` file by file (for datasets
             split over several archives with the same top folder) instead of replacing them.
+        content_sha256: when given, the extracted files must have this digest (see
+            :func:`content_digest`), or nothing is placed in ``target``.
 
     Returns:
         The names of the top-level entries extracted, sorted.
@@ -58,18 +65,25 @@ def safe_extract(archive: Path, target: Path, *, merge: bool = False) -> list[st
     extract = _extractor(archive)
     try:
         target.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=target)).resolve()
+        remove_stale_staging(target)
+        staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-",
+                                        dir=target)).resolve()
     except OSError as error:
         raise _write_error(archive, target, error) from None
     try:
         content = staging / "content"
         content.mkdir()
+        digests: dict[str, str] = {}
         try:
-            extract(archive, content)
+            extract(archive, content, digests)
+        except OSError as error:
+            if error.errno is None:  # gzip's BadGzipFile: the archive, not the disk
+                raise _corrupt(archive, error) from None
+            raise _write_error(archive, target, error) from None
         except CORRUPT_ERRORS as error:
-            raise DataError(
-                f"archive {archive} is corrupt or truncated ({error})", UNSAFE_HINT
-            ) from None
+            raise _corrupt(archive, error) from None
+        if content_sha256 is not None:
+            _check_content(archive, digests, content_sha256)
         names = sorted(entry.name for entry in content.iterdir())
         for name in names:
             try:
@@ -79,6 +93,58 @@ def safe_extract(archive: Path, target: Path, *, merge: bool = False) -> list[st
         return names
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def tree_digest(root: Path, folders: tuple[str, ...]) -> str:
+    """SHA-256 of the ``sha256sum`` listing of every file under ``root/folder`` (for each of
+    ``folders``), sorted by relative path: what
+    ``find FOLDERS -type f | LC_ALL=C sort | xargs sha256sum | sha256sum`` prints in ``root``.
+    It vouches for the names and the bytes of an extraction, whatever archive it came from."""
+    root = Path(root)
+    files = sorted(path.relative_to(root).as_posix() for folder in folders
+                   for path in (root / folder).rglob("*") if path.is_file())
+    listing = hashlib.sha256()
+    for relative in files:
+        digest = hashlib.sha256((root / relative).read_bytes()).hexdigest()
+        listing.update(f"{digest}  {relative}\n".encode())
+    return listing.hexdigest()
+
+
+def content_digest(digests: dict[str, str]) -> str:
+    """SHA-256 of the ``sha256sum`` listing of files, sorted by relative path: in the folder
+    they were extracted to, ``find TOP -type f | LC_ALL=C sort | xargs sha256sum | sha256sum``.
+    It vouches for the names and the bytes, whichever archive they came from.
+
+    Args:
+        digests: the SHA-256 (hex) of each file, by POSIX path relative to the target.
+    """
+    listing = "".join(f"{digests[name]}  {name}\n" for name in sorted(digests))
+    return hashlib.sha256(listing.encode()).hexdigest()
+
+
+def _check_content(archive: Path, digests: dict[str, str], expected: str) -> None:
+    actual = content_digest(digests)
+    if actual != expected.lower():
+        raise DataError(f"the files in {archive} are not the official ones (content sha256 "
+                        f"{actual[:16]}..., expected {expected.lower()[:16]}...); the archive "
+                        "checksum a mirror vouched for does not make its content official",
+                        "fetch it from the official host or another mirror with `metactl data "
+                        "fetch <dataset> --force`")
+
+
+def remove_stale_staging(target: Path) -> list[Path]:
+    """Delete the staging folders in ``target`` of extractions whose process is gone."""
+    removed = []
+    for path in target.glob(f"{STAGING_PREFIX}*"):
+        match = STAGING_NAME.match(path.name)
+        if match and path.is_dir() and not process_is_alive(int(match["pid"])):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _corrupt(archive: Path, error: BaseException) -> DataError:
+    return DataError(f"archive {archive} is corrupt or truncated ({error})", UNSAFE_HINT)
 
 
 def _extractor(archive: Path):
@@ -95,7 +161,7 @@ def _extractor(archive: Path):
     )
 
 
-def _extract_zip(archive: Path, staging: Path) -> None:
+def _extract_zip(archive: Path, staging: Path, digests: dict[str, str]) -> None:
     with zipfile.ZipFile(archive) as bundle:
         members = bundle.infolist()
         # The central directory lists every member up front, so refuse before writing anything.
@@ -108,7 +174,7 @@ def _extract_zip(archive: Path, staging: Path) -> None:
             if info.is_dir():
                 _make_folder(archive, path)
             else:
-                _write_member(archive, bundle.open(info), path)
+                _write_member(archive, bundle.open(info), path, staging, digests)
 
 
 def _check_zip_type(archive: Path, info: zipfile.ZipInfo) -> None:
@@ -120,7 +186,7 @@ def _check_zip_type(archive: Path, info: zipfile.ZipInfo) -> None:
         raise _unsafe(archive, info.filename, "a device or special file")
 
 
-def _extract_tar(archive: Path, staging: Path) -> None:
+def _extract_tar(archive: Path, staging: Path, digests: dict[str, str]) -> None:
     # Stream mode reads a compressed tar once; a member is checked before it is written.
     with tarfile.open(archive, mode="r|*") as bundle:
         for member in bundle:
@@ -133,7 +199,7 @@ def _extract_tar(archive: Path, staging: Path) -> None:
             else:
                 reader = bundle.extractfile(member)
                 assert reader is not None  # a regular file always has content
-                _write_member(archive, reader, path)
+                _write_member(archive, reader, path, staging, digests)
 
 
 def _check_tar_type(archive: Path, member: tarfile.TarInfo) -> None:
@@ -170,18 +236,23 @@ def _make_folder(archive: Path, path: Path) -> None:
         raise _write_error(archive, path, error) from None
 
 
-def _write_member(archive: Path, reader: IO[bytes], path: Path) -> None:
+def _write_member(archive: Path, reader: IO[bytes], path: Path, staging: Path,
+                  digests: dict[str, str]) -> None:
+    """Copy one member to ``path``, recording its SHA-256 under its path in ``staging``."""
     _make_folder(archive, path.parent)
     try:
         writer = path.open("wb")
     except OSError as error:
         raise _write_error(archive, path, error) from None
+    digest = hashlib.sha256()
     with reader, writer:
         for chunk in iter(lambda: reader.read(CHUNK_SIZE), b""):
+            digest.update(chunk)
             try:
                 writer.write(chunk)
             except OSError as error:
                 raise _write_error(archive, path, error) from None
+    digests[path.relative_to(staging).as_posix()] = digest.hexdigest()
 
 
 def _place(new: Path, destination: Path, trash: Path, merge: bool) -> None:
@@ -204,6 +275,7 @@ def _unsafe(archive: Path, member: str, reason: str) -> DataError:
 
 def _write_error(archive: Path, path: Path, error: OSError) -> DataError:
     return DataError(
-        f"cannot extract {archive.name} into {path}: {error.strerror or error}",
-        "check free space and permissions in the data root (--root / METACTL_HOME)",
+        f"cannot extract {archive.name} into {path}: {describe_os_error(error)}",
+        disk_hint(error, "check free space and permissions in the data root "
+                         "(--root / METACTL_HOME)"),
     )

@@ -20,7 +20,11 @@ SYNTHETIC = {"sinusoid": "sine regression tasks of the MAML paper, generated on 
 
 @dataclass(frozen=True)
 class Source:
-    """One file to download: its path relative to the dataset folder, URL and checksums."""
+    """One file to download: its path relative to the dataset folder, URL and checksums.
+
+    ``content_sha256`` (archives only) is the digest of the official extracted files, checked
+    at every extraction (see :func:`metactl.data.archive.safe_extract`), so that an archive a
+    mirror rebuilt is accepted only with the official content."""
 
     path: str
     url: str
@@ -28,6 +32,7 @@ class Source:
     sha256: str | None = None
     size: int | None = None
     extract: bool = False
+    content_sha256: str | None = None
 
     @property
     def checksums(self) -> dict[str, str]:
@@ -174,6 +179,7 @@ def _parse_source(read: _Reader, item: Any, index: int) -> Source:
         sha256=read.get(data, "sha256", str, prefix, default=None),
         size=read.get(data, "size", int, prefix, default=None),
         extract=read.get(data, "extract", bool, prefix, default=False),
+        content_sha256=read.get(data, "content_sha256", str, prefix, default=None),
     )
     if not source.checksums:
         raise read.fail(prefix + "md5", "or sha256 is required")

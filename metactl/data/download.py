@@ -8,6 +8,7 @@ A mirror is a base URL (``http://``, ``https://``, ``file://``) or a local folde
 
 from __future__ import annotations
 
+import email.utils
 import hashlib
 import os
 import posixpath
@@ -39,6 +40,7 @@ from urllib3.exceptions import ReadTimeoutError
 from metactl import __version__
 from metactl.data.cards import Source
 from metactl.errors import DataError, DownloadError, UsageError
+from metactl.fileio import describe_os_error, disk_hint
 
 Verdict = Literal["official", "mirror"]
 
@@ -135,8 +137,9 @@ def fetch_file(
             os.replace(partial, destination)
         except OSError as error:
             raise DataError(
-                f"cannot write {partial}: {error.strerror or error}",
-                "check free space and permissions in the data root (--root / METACTL_HOME)",
+                f"cannot write {partial}: {describe_os_error(error)}",
+                disk_hint(error, "check free space and permissions in the data root "
+                                 "(--root / METACTL_HOME)"),
             ) from None
     message = _downloaded_message(source, verdict, actual, destination.stat().st_size)
     return FetchResult(destination, verdict, True, message)
@@ -385,8 +388,17 @@ def _content_length(response: requests.Response) -> int | None:
 
 
 def _retry_after(response: requests.Response) -> float | None:
-    value = response.headers.get("Retry-After", "")
-    return float(value) if value.isdigit() else None
+    """Seconds the server asks to wait: ``Retry-After`` as a number or an HTTP date."""
+    value = response.headers.get("Retry-After", "").strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - time.time())
 
 
 def _hashes_of(path: Path) -> _Hashes:

@@ -287,9 +287,39 @@ class EpisodeSet:
                 f"(content {self.fingerprint[:12]}, this store {split.fingerprint[:12]})",
                 "draw a new file with `metactl data split` or rebuild the store it came from")
         check_task_shape(split, self.way, self.shot, self.query)
-        if int(self.classes.max()) >= split.num_classes:
-            raise DataError("the episode file names classes this split does not have",
-                            "draw a new file with `metactl data split`")
+        self._check_indices(split)
+
+    def _check_indices(self, split: SplitData) -> None:
+        """Every class must exist in ``split`` and every image in its class, none twice in an
+        episode: an edited file must never gather another class's images."""
+        hint = "draw a new file with `metactl data split`"
+        classes, images = self.classes, self.images
+        outside = (classes < 0) | (classes >= split.num_classes)
+        if outside.any():
+            episode, slot = (int(i) for i in outside.nonzero()[0])
+            raise DataError(f"episode {episode} of the file names class "
+                            f"{int(classes[episode, slot])}, and split {split.name!r} has "
+                            f"classes 0..{split.num_classes - 1}", hint)
+        ordered = classes.sort(dim=1).values
+        repeated = (ordered[:, 1:] == ordered[:, :-1]).any(dim=1)
+        if repeated.any():
+            raise DataError(f"episode {int(repeated.nonzero()[0])} of the file names a class "
+                            "twice", hint)
+        counts = split.counts.cpu()[classes // len(split.rotations)]  # (episodes, way)
+        outside = (images < 0) | (images >= counts.unsqueeze(-1))
+        if outside.any():
+            episode, slot, position = (int(i) for i in outside.nonzero()[0])
+            raise DataError(f"episode {episode} of the file names image "
+                            f"{int(images[episode, slot, position])} of class "
+                            f"{int(classes[episode, slot])}, which has images "
+                            f"0..{int(counts[episode, slot]) - 1}", hint)
+        ordered = images.sort(dim=-1).values
+        repeated = (ordered[..., 1:] == ordered[..., :-1]).any(dim=-1)
+        if repeated.any():
+            episode, slot = (int(i) for i in repeated.nonzero()[0])
+            raise DataError(f"episode {episode} of the file uses an image of class "
+                            f"{int(classes[episode, slot])} twice (a query would be in the "
+                            "support set)", hint)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from metactl.data.cards import DatasetCard, builtin_cards, get_card
 from metactl.data.layout import DatasetLayout
-from metactl.errors import DataError, UsageError
+from metactl.errors import DataError, UsageError, check_positive
 from metactl.paths import data_root, ensure_writable, mirror_setting
 
 if TYPE_CHECKING:
@@ -120,7 +120,7 @@ def _extract_sources(layout: DatasetLayout, digests: dict[str, str], force: bool
         ensure_writable(layout.extracted)
         marker.unlink(missing_ok=True)
         report(f"extracting {source.path}")
-        safe_extract(archive, layout.extracted)
+        safe_extract(archive, layout.extracted, content_sha256=source.content_sha256)
         marker.write_text(digest + "\n")
 
 
@@ -129,8 +129,10 @@ def _build_store(layout: DatasetLayout, scheme: str, size: int, force_extract: b
     """Extract (where needed), validate the content and write the store; each downloaded file
     is hashed once, for the extraction markers and the store's provenance alike."""
     from metactl.data.download import file_checksums
+    from metactl.fileio import remove_stale_temporaries
 
     card = layout.card
+    remove_stale_temporaries(layout.folder)  # a store a killed process was writing
     digests = {s.path: file_checksums(layout.download_path(s.path))["sha256"]
                for s in card.sources}
     _extract_sources(layout, digests, force_extract, report)
@@ -147,10 +149,11 @@ def preprocess_dataset(name: str, *, root: str | Path | None = None, scheme: str
                        size: int | None = None, force: bool = False,
                        report: Report = _silent) -> Path:
     """Build the HDF5 store for ``scheme`` at ``size`` pixels from the extracted files."""
+    check_positive(size=size)
     layout = layout_for(name, root)
     card = layout.card
     scheme_name = card.split_scheme(scheme).name
-    size = size or card.geometry.default_size
+    size = card.geometry.default_size if size is None else size
     if not 1 <= size <= max(card.geometry.height, card.geometry.width):
         raise UsageError(f"--size {size} is outside 1..{card.geometry.height}",
                          f"use a size up to the original {card.geometry.height} pixels")
@@ -162,6 +165,7 @@ def preprocess_dataset(name: str, *, root: str | Path | None = None, scheme: str
     if missing:
         raise DataError(f"{name} is not downloaded (missing {missing[0]})",
                         f"run `metactl data fetch {name}` first")
+    ensure_writable(layout.folder)  # before decoding thousands of images
     return _build_store(layout, scheme_name, size, False, report)
 
 
@@ -191,11 +195,12 @@ def draw_episodes(name: str, *, split: str, way: int, shot: int, query: int, epi
                   size: int | None = None) -> EpisodeSet:
     from metactl.data.episodes import EpisodeSet
 
-    if episodes < 1:
-        raise UsageError(f"--episodes must be at least 1, got {episodes}", "pass a positive count")
+    check_positive(way=way, shot=shot, episodes=episodes, size=size)
+    if query < 0:
+        raise UsageError(f"--query must not be negative, got {query}", "pass --query 1 or more")
     card = get_card(name)
     scheme_name = card.split_scheme(scheme).name
-    size = size or card.geometry.default_size
+    size = card.geometry.default_size if size is None else size
     data = open_split(name, split, root=root, scheme=scheme_name, size=size)
     return EpisodeSet.draw(data, dataset=name, scheme=scheme_name, size=size, way=way, shot=shot,
                            query=query, episodes=episodes, seed=seed)

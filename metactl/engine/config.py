@@ -8,6 +8,7 @@ that match the run (``"*"``, the dataset, ``dataset/N-shot``, ``dataset/N-way``,
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -170,10 +171,9 @@ def resolve_config(algorithm_name: str, defaults: Mapping[str, Mapping[str, Any]
     allowed = known_keys(defaults)
     for key in chosen:
         if key not in allowed:
-            close = difflib.get_close_matches(key, sorted(allowed), n=1)
-            hint = (f"did you mean {close[0]!r}?" if close else
-                    f"see `metactl plugins info {algorithm_name}` for the keys it accepts")
-            raise UsageError(f"{algorithm_name} has no setting {key!r}", hint)
+            raise UsageError(f"{algorithm_name} has no setting {key!r}",
+                             _nearest_key_hint(key, allowed, algorithm_name))
+    _check_values(chosen, defaults)
     probe = {**ENGINE_DEFAULTS, **chosen}
     config = {**ENGINE_DEFAULTS, **DATASET_DEFAULTS.get(probe["dataset"], {}),
               **algorithm_defaults(defaults, probe["dataset"], int(probe["way"]),
@@ -187,22 +187,44 @@ def resolve_config(algorithm_name: str, defaults: Mapping[str, Mapping[str, Any]
     return config
 
 
+# Longer names people type for the engine's settings, for "did you mean".
+SPELLED_OUT = {
+    "learning_rate": "lr", "outer_lr": "lr", "meta_lr": "lr", "n_way": "way", "ways": "way",
+    "k_shot": "shot", "shots": "shot", "n_shot": "shot", "queries": "query",
+    "n_query": "query", "batch_size": "meta_batch", "meta_batch_size": "meta_batch",
+    "tasks_per_batch": "meta_batch", "gamma": "lr_decay", "lr_gamma": "lr_decay",
+    "step_size": "lr_decay_every", "max_grad_norm": "grad_clip", "clip": "grad_clip",
+    "l2": "weight_decay", "image_size": "size", "split": "scheme", "random_seed": "seed",
+}
+
+
+def _nearest_key_hint(key: str, allowed: set[str], algorithm_name: str) -> str:
+    names = {name: name for name in allowed}
+    names.update({long: short for long, short in SPELLED_OUT.items() if short in allowed})
+    close = difflib.get_close_matches(key, sorted(names), n=1)
+    if close:
+        return f"did you mean {names[close[0]]!r}?"
+    return f"see `metactl plugins info {algorithm_name}` for the keys it accepts"
+
+
+# Engine settings that are counts, with the least value that makes sense.
+WHOLE_NUMBERS = {
+    "way": 1, "shot": 1, "query": 1, "train_way": 1, "train_shot": 1, "train_query": 0,
+    "episodes": 1, "meta_batch": 1, "val_every": 1, "val_episodes": 0, "eval_episodes": 1,
+    "seed": 0, "eval_seed": 0, "lr_decay_every": 0, "size": 1,
+}
+# Engine settings that are real numbers: whether zero is allowed.
+REAL_NUMBERS = {"lr": True, "momentum": True, "rmsprop_alpha": True, "weight_decay": True,
+                "grad_clip": True, "lr_decay": False}
+
+
+def check_settings(values: Mapping[str, Any]) -> None:
+    """Refuse engine settings of the wrong kind or out of range, e.g. ``{"lr": -1}``."""
+    _check_values(values, {})
+
+
 def _check_config(config: dict[str, Any]) -> None:
-    for key in ("way", "shot", "query", "train_way", "train_shot", "train_query", "episodes",
-                "meta_batch", "val_every", "val_episodes", "eval_episodes", "seed", "eval_seed",
-                "lr_decay_every"):
-        value = config[key]
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise UsageError(f"setting {key} must be a whole number, got {value!r}",
-                             f"pass e.g. --set {key}=5")
-        if value < 0 or (value == 0 and key in ("way", "shot", "episodes", "meta_batch",
-                                                  "train_way", "train_shot", "val_every")):
-            raise UsageError(f"setting {key} must be positive, got {value}",
-                             "pass a positive number")
-    for key in ("lr", "momentum", "rmsprop_alpha", "weight_decay", "lr_decay", "grad_clip"):
-        if isinstance(config[key], bool) or not isinstance(config[key], (int, float)):
-            raise UsageError(f"setting {key} must be a number, got {config[key]!r}",
-                             f"pass e.g. --set {key}=0.001")
+    _check_values(config, {})
     if config["optimizer"] not in OPTIMIZERS:
         raise UsageError(f"unknown optimizer {config['optimizer']!r}",
                          f"use one of {', '.join(OPTIMIZERS)}")
@@ -215,3 +237,48 @@ def _check_config(config: dict[str, Any]) -> None:
     if config["amp"] not in (None, "auto", "none", "bf16", "fp16"):
         raise UsageError(f"unknown mixed-precision mode {config['amp']!r}",
                          "use auto, bf16, fp16 or none")
+
+
+def _check_values(values: Mapping[str, Any], defaults: Mapping[str, Mapping[str, Any]]) -> None:
+    """Refuse values of the wrong kind or out of range; an algorithm's own numeric settings
+    (those whose default is a number) must be finite numbers."""
+    numeric = {key for entry in defaults.values() for key, value in entry.items()
+               if _is_number(value)}
+    for key, value in values.items():
+        if key in WHOLE_NUMBERS:
+            if not (key == "size" and value is None):  # no size: the card's
+                _check_whole(key, value, WHOLE_NUMBERS[key])
+        elif key in REAL_NUMBERS:
+            _check_real(key, value, zero_allowed=REAL_NUMBERS[key])
+        elif key in numeric and not (_is_number(value) and math.isfinite(value)):
+            raise UsageError(f"setting {key} must be a finite number, got {value!r}",
+                             f"pass e.g. --set {key}=0.1")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_whole(key: str, value: Any, least: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UsageError(f"setting {key} must be a whole number, got {value!r}",
+                         f"pass e.g. --set {key}=5")
+    if value < least:
+        kind = "positive" if least == 1 else "at least 0"
+        raise UsageError(f"setting {key} must be {kind}, got {value}",
+                         f"pass --set {key}={max(least, 1)} or more")
+
+
+def _check_real(key: str, value: Any, zero_allowed: bool) -> None:
+    if not _is_number(value):
+        raise UsageError(f"setting {key} must be a number, got {value!r}",
+                         f"pass e.g. --set {key}=0.001")
+    if not math.isfinite(value):
+        raise UsageError(f"setting {key} must be a finite number, got {value}",
+                         f"pass e.g. --set {key}=0.001")
+    if value < 0:
+        raise UsageError(f"setting {key} must not be negative, got {value}",
+                         "pass 0 or a positive number")
+    if value == 0 and not zero_allowed:
+        raise UsageError(f"setting {key} must be positive, got {value}",
+                         "pass a positive number (1 means no change)")

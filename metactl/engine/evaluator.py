@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from metactl.algorithm import support_of
+from metactl.errors import UsageError
 
 if TYPE_CHECKING:
     from metactl.algorithm import Algorithm
@@ -110,11 +111,13 @@ def evaluate_run(run_path: Path, *, episodes: int | None = None, way: int | None
     ``inner_steps`` replaces the algorithm's number of inner gradient steps at test time,
     ``settings`` any evaluation-time setting (``evaluate --set``), ``algorithm`` the registered
     class (for runs of an unregistered one)."""
-    from metactl.data.episodes import EpisodeSet
     from metactl.data.manage import draw_episodes, open_split
     from metactl.engine.run import load_trained
-    from metactl.errors import UsageError
+    from metactl.errors import check_positive
 
+    check_positive(episodes=episodes, way=way, shot=shot, query=query)
+    if episode_file is not None:
+        _refuse_with_episode_file(episodes=episodes, way=way, shot=shot, query=query, seed=seed)
     trained = load_trained(run_path, device, algorithm=algorithm, settings=settings)
     if inner_steps is not None:
         from metactl.engine.sinusoid_report import with_steps
@@ -122,19 +125,17 @@ def evaluate_run(run_path: Path, *, episodes: int | None = None, way: int | None
         trained = with_steps(trained, inner_steps)
     config = trained.config
     if config["dataset"] == "sinusoid":
+        _refuse_for_regression(episode_file=episode_file, way=way)
         return _evaluate_sinusoid(trained, episodes=episodes, shot=shot, query=query, seed=seed,
                                   device=device)
     if episode_file is not None:
-        episode_set = EpisodeSet.load(episode_file)
-        if episode_set.dataset != config["dataset"]:
-            raise UsageError(f"the episode file is for {episode_set.dataset}, the run for "
-                             f"{config['dataset']}", "use an episode file of the run's dataset")
+        episode_set = _episode_file_for(episode_file, config)
     else:
         episode_set = draw_episodes(
-            config["dataset"], split=split, way=way or int(config["way"]),
-            shot=shot or int(config["shot"]), query=query or int(config["query"]),
-            episodes=episodes or int(config["eval_episodes"]),
-            seed=int(config["eval_seed"]) if seed is None else seed, root=root,
+            config["dataset"], split=split, way=_given(way, config["way"]),
+            shot=_given(shot, config["shot"]), query=_given(query, config["query"]),
+            episodes=_given(episodes, config["eval_episodes"]),
+            seed=_given(seed, config["eval_seed"]), root=root,
             scheme=config["scheme"], size=trained.image_shape[1])
     if episode_set.size != trained.image_shape[1]:
         raise UsageError(f"the episodes are {episode_set.size}px images, the run was trained on "
@@ -143,6 +144,46 @@ def evaluate_run(run_path: Path, *, episodes: int | None = None, way: int | None
     data = open_split(episode_set.dataset, episode_set.split, root=root,
                       scheme=episode_set.scheme, size=episode_set.size).to(placement.device)
     return evaluate_episodes(trained.algorithm, trained.model, data, episode_set, placement)
+
+
+def _given(value: int | None, default: Any) -> int:
+    return int(default) if value is None else value
+
+
+def _refuse_with_episode_file(**options: int | None) -> None:
+    given = [f"--{name}" for name, value in options.items() if value is not None]
+    if given:
+        raise UsageError(f"--episode-file fixes the tasks, so {', '.join(given)} does not "
+                         "combine with it", "drop the option, or draw a new file with "
+                         "`metactl data split`")
+
+
+def _refuse_for_regression(**options: Any) -> None:
+    given = [f"--{name.replace('_', '-')}" for name, value in options.items()
+             if value is not None]
+    if given:
+        raise UsageError(f"{', '.join(given)} does not apply to a sinusoid regression run",
+                         "its tasks are drawn from the sinusoid family; drop the option")
+
+
+def _episode_file_for(path: Path, config: dict[str, Any]) -> EpisodeSet:
+    """The episodes of ``path``, refused unless they come from the run's dataset and split
+    scheme (a scheme's test classes may be another scheme's training classes)."""
+    from metactl.data.cards import get_card
+    from metactl.data.episodes import EpisodeSet
+
+    episode_set = EpisodeSet.load(path)
+    if episode_set.dataset != config["dataset"]:
+        raise UsageError(f"the episode file is for {episode_set.dataset}, the run for "
+                         f"{config['dataset']}", "use an episode file of the run's dataset")
+    scheme = get_card(config["dataset"]).split_scheme(config["scheme"]).name
+    if episode_set.scheme != scheme:
+        raise UsageError(f"the episode file was drawn from the {episode_set.scheme} split "
+                         f"scheme, and the run was trained on the {scheme} scheme, whose "
+                         "training classes may be among its test classes",
+                         f"draw a file with `metactl data split {config['dataset']} --scheme "
+                         f"{scheme}`")
+    return episode_set
 
 
 def sinusoid_test_tasks(config: dict[str, Any], episodes: int | None, shot: int | None,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,8 +90,11 @@ def load_image(path: Path, image_shape: Sequence[int], invert: bool) -> np.ndarr
                         "prediction reads grayscale (1) or RGB (3) images only")
     mode = "L" if channels == 1 else "RGB"
     try:
-        with Image.open(path) as opened:
-            image = _flatten_transparency(ImageOps.exif_transpose(opened)).convert(mode)
+        with warnings.catch_warnings():
+            # Large photos are fine here (they are resized); Pillow still refuses real bombs.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as opened:
+                image = _flatten_transparency(ImageOps.exif_transpose(opened)).convert(mode)
     except UnidentifiedImageError:
         raise DataError(f"{path} is not an image Pillow can read", IMAGE_HINT) from None
     except (OSError, ValueError, Image.DecompressionBombError) as error:
@@ -221,6 +225,10 @@ def predict(run_path: Path, support: Path, queries: Sequence[Path], device: str 
     from metactl.engine.run import load_trained
 
     trained = load_trained(run_path, device, algorithm=algorithm)
+    if trained.checkpoint.get("task", "classification") != "classification":
+        raise UsageError(f"predict classifies images, and {run_path} is a "
+                         f"{trained.checkpoint.get('task')} run ({trained.config['dataset']})",
+                         f"evaluate it with `metactl evaluate {run_path}`")
     invert = bool(trained.checkpoint.get("invert", False))
     query_paths = load_query_paths(queries)
     images, labels, class_names = load_support_folder(support, trained.image_shape, invert)
@@ -261,6 +269,9 @@ def _predictions(paths: Sequence[Path], probabilities: Tensor,
 def check_output_path(path: Path) -> str:
     """The format, ``.csv`` or ``.json``, of an output file; call it before predicting so a
     wrong name fails before the work is done."""
+    from metactl.fileio import check_output_file
+
+    check_output_file(path, "--output")
     suffix = Path(path).suffix.lower()
     if suffix not in OUTPUT_FORMATS:
         raise UsageError(f"cannot write predictions to {Path(path).name}: unknown format "

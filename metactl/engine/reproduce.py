@@ -205,7 +205,7 @@ class Reproduction:
         started = time.monotonic()
         result = evaluate_and_record(Path(record.run), episodes=self.test_episodes, way=row.way,
                                      shot=row.shot, split="test", device=self.device,
-                                     root=self.root)
+                                     root=self.root)[0]
         return RowRecord.measured(row, record, result, time.monotonic() - started,
                                   evaluate_command(Path(record.run), row, self.test_episodes))
 

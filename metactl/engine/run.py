@@ -8,6 +8,7 @@
 <run>/evaluation-*.json    results of `metactl evaluate`
 <run>/run.json             provenance and status (metactl.engine.record)
 <run>/console.log          what the console showed, with times
+<run>/.lock                while a process writes the run: which one (see ``RunFolder.writing``)
 ```
 """
 
@@ -15,7 +16,8 @@ from __future__ import annotations
 
 import difflib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,7 +25,14 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from metactl.errors import DataError, UsageError
-from metactl.fileio import atomic_write
+from metactl.fileio import (
+    LockHolder,
+    atomic_write,
+    describe_os_error,
+    disk_hint,
+    exclusive_lock,
+    read_lock_holder,
+)
 
 if TYPE_CHECKING:
     from torch import nn
@@ -66,16 +75,71 @@ class RunFolder:
     def write_config(self, config: dict[str, Any]) -> None:
         write_text_atomic(self.config_path, yaml.safe_dump(config, sort_keys=True))
 
-    def append_metrics(self, record: dict[str, Any]) -> None:
-        with self.metrics.open("a", encoding="utf-8") as stream:
-            stream.write(json.dumps(record) + "\n")
+    @property
+    def lock_path(self) -> Path:
+        return self.path / ".lock"
 
-    def truncate_metrics(self, after_step: int) -> None:
-        """Drop records logged after ``after_step`` (work lost since the last checkpoint)."""
+    @contextmanager
+    def writing(self, command: str) -> Iterator[RunFolder]:
+        """Be the run's only writer for the block: an exclusive lock that the kernel drops when
+        the process dies. A folder this call created is removed again if the block leaves it
+        empty (a run that failed before writing anything)."""
+        created = [folder for folder in (self.path, *self.path.parents)
+                   if not folder.exists()]  # this call makes them, innermost first
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise DataError(f"cannot create the run folder {self.path}: "
+                            f"{describe_os_error(error)}",
+                            disk_hint(error, "choose a writable folder with --out")) from None
+        try:
+            with exclusive_lock(self.lock_path, command, f"run folder {self.path}"):
+                yield self
+        finally:
+            for folder in created:
+                with suppress(OSError):
+                    folder.rmdir()  # only when empty
+
+    def holder(self) -> LockHolder | None:
+        """The process writing the run now, if any (read from its lock file)."""
+        return read_lock_holder(self.lock_path) if self.lock_path.is_file() else None
+
+    def start_metrics(self) -> None:
+        """Begin an empty metrics file (a new run never continues an old run's rows)."""
+        write_text_atomic(self.metrics, "")
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        """Add one JSON line in a single write; a crash mid-write leaves at most a torn last
+        line, which :meth:`read_metrics` skips and a resume removes."""
+        try:
+            with self.metrics.open("a", encoding="utf-8") as stream:
+                stream.write(json.dumps(record) + "\n")
+        except OSError as error:
+            raise DataError(f"cannot write {self.metrics}: {describe_os_error(error)}",
+                            disk_hint(error, "check the run folder's permissions")) from None
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        """Every complete record of ``metrics.jsonl``, in order; torn or garbled lines (a crash
+        or a full disk while writing) are skipped."""
+        return [record for _, record in self._metric_lines()]
+
+    def _metric_lines(self) -> Iterator[tuple[str, dict[str, Any]]]:
         if not self.metrics.is_file():
             return
-        lines = self.metrics.read_text(encoding="utf-8").splitlines()
-        kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= after_step]
+        for line in self.metrics.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("step"), int):
+                yield line, record
+
+    def truncate_metrics(self, after_step: int) -> None:
+        """Keep the complete records up to ``after_step`` (the checkpoint's step): drop work
+        lost since the last checkpoint and any torn line."""
+        if not self.metrics.is_file():
+            return
+        kept = [line for line, record in self._metric_lines() if record["step"] <= after_step]
         write_text_atomic(self.metrics, "".join(line + "\n" for line in kept))
 
     def model_checkpoint(self) -> Path:

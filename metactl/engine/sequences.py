@@ -119,7 +119,9 @@ def evaluate_positions(run_path: Path, positions: tuple[int, ...], *, episodes: 
     ``max(positions)`` images each."""
     from metactl.data.manage import draw_episodes, open_split
     from metactl.engine.run import load_trained
+    from metactl.errors import check_positive
 
+    check_positive(episodes=episodes, way=way)
     trained = load_trained(run_path, device)
     config, algorithm = trained.config, trained.algorithm
     if not algorithm.learns_from_sequences:
@@ -132,8 +134,10 @@ def evaluate_positions(run_path: Path, positions: tuple[int, ...], *, episodes: 
     seed = int(config["eval_seed"]) if seed is None else seed
     instances = max(positions)
     episode_set = draw_episodes(
-        config["dataset"], split=split, way=way or int(config["way"]), shot=instances, query=0,
-        episodes=episodes or int(config["eval_episodes"]), seed=seed, root=root,
+        config["dataset"], split=split, way=int(config["way"]) if way is None else way,
+        shot=instances, query=0,
+        episodes=int(config["eval_episodes"]) if episodes is None else episodes, seed=seed,
+        root=root,
         scheme=config["scheme"], size=trained.image_shape[1])
     placement = trained.placement(device)
     data = open_split(episode_set.dataset, split, root=root, scheme=episode_set.scheme,

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from metactl.engine.config import load_config_file, parse_assignments, resolve_config
-from metactl.engine.run import RunFolder, open_run, write_text_atomic
+from metactl.engine.config import (
+    check_settings,
+    load_config_file,
+    parse_assignments,
+    resolve_config,
+)
+from metactl.engine.run import open_run, write_text_atomic
 from metactl.errors import UsageError
 
 if TYPE_CHECKING:
@@ -44,6 +50,7 @@ def training_config(algorithm_name: str | None, cli_values: dict[str, Any],
             raise UsageError(f"a resumed run keeps its settings; {', '.join(changed)} differ",
                              "only --episodes or --steps (to train longer) and the logger "
                              "may change")
+        check_settings(overrides)
         return saved["algorithm"], with_meta_steps({**saved, **overrides}, steps)
     if not algorithm_name:
         raise UsageError("no algorithm given", "run `metactl train ALGORITHM` "
@@ -77,23 +84,31 @@ def start_training(algorithm_name: str | None, cli_values: dict[str, Any],
                  mirror=mirror, report=report, deadline=deadline)
 
 
-def evaluate_and_record(run_path: Path, **options: Any):
-    """Evaluate a run and save the result as ``evaluation-<split>-<way>way-<shot>shot
-    [-<steps>steps][-<key>=<value>...].json`` in the run folder (see :func:`evaluation_document`);
-    the line shown is added to the run's console.log."""
+def evaluate_and_record(run_path: Path, steps: Sequence[int | None] = (None,),
+                        show: Callable | None = None, **options: Any) -> list:
+    """Evaluate a run once per inner-step count (None: the algorithm's own), hand the results
+    to ``show`` so they are seen even if saving them fails, then save each as
+    ``evaluation-<split>-<way>way-<shot>shot[-<steps>steps][-<key>=<value>...].json`` in the run
+    folder, which no other process writes meanwhile (see :func:`evaluation_document`); the lines
+    are added to the run's console.log."""
     from metactl.engine.evaluator import evaluate_run
     from metactl.engine.record import ConsoleLog
 
-    result = evaluate_run(run_path, **options)
-    run = RunFolder(Path(run_path))
-    steps, settings = options.get("inner_steps"), options.get("settings") or {}
-    suffix = "" if steps is None else f"-{steps}steps"
-    suffix += "".join(f"-{key}={_file_safe(value)}" for key, value in sorted(settings.items()))
-    name = f"evaluation-{result.split}-{result.way}way-{result.shot}shot{suffix}.json"
-    document = evaluation_document(result, steps, settings)
-    write_text_atomic(run.path / name, json.dumps(document, indent=2) + "\n")
-    ConsoleLog(run.path).write(f"evaluate: {describe_evaluation(result, steps)}")
-    return result
+    settings = options.get("settings") or {}
+    run = open_run(run_path)
+    with run.writing("metactl evaluate"):
+        results = [evaluate_run(run.path, inner_steps=count, **options) for count in steps]
+        if show is not None:
+            show(results)
+        for count, result in zip(steps, results, strict=True):
+            suffix = "" if count is None else f"-{count}steps"
+            suffix += "".join(f"-{key}={_file_safe(value)}"
+                              for key, value in sorted(settings.items()))
+            name = f"evaluation-{result.split}-{result.way}way-{result.shot}shot{suffix}.json"
+            document = evaluation_document(result, count, settings)
+            write_text_atomic(run.path / name, json.dumps(document, indent=2) + "\n")
+            ConsoleLog(run.path).write(f"evaluate: {describe_evaluation(result, count)}")
+    return results
 
 
 def evaluation_document(result, inner_steps: int | None = None,
@@ -121,14 +136,18 @@ def _file_safe(value: Any) -> str:
     return "".join(c if c.isalnum() or c in ".-_" else "_" for c in str(value))[:40]
 
 
-def evaluate_positions_and_record(run_path: Path, positions: tuple[int, ...], **options: Any):
-    """Accuracy by instance position, saved as ``evaluation-<split>-<way>way-positions.json``."""
+def evaluate_positions_and_record(run_path: Path, positions: tuple[int, ...], show: Callable,
+                                  **options: Any):
+    """Accuracy by instance position, shown, then saved as
+    ``evaluation-<split>-<way>way-positions.json``."""
     from metactl.engine.sequences import evaluate_positions
 
-    result = evaluate_positions(run_path, positions, **options)
-    name = f"evaluation-{result.split}-{result.way}way-positions.json"
-    write_text_atomic(RunFolder(Path(run_path)).path / name,
-                      json.dumps(result.to_json(), indent=2) + "\n")
+    run = open_run(run_path)
+    with run.writing("metactl evaluate"):
+        result = evaluate_positions(run.path, positions, **options)
+        show(result)
+        name = f"evaluation-{result.split}-{result.way}way-positions.json"
+        write_text_atomic(run.path / name, json.dumps(result.to_json(), indent=2) + "\n")
     return result
 
 
@@ -144,6 +163,13 @@ def parse_steps(text: str | None) -> list[int | None]:
     if any(count < 0 for count in steps):
         raise UsageError("--inner-steps must not be negative", "write e.g. --inner-steps 0,1,10")
     return steps
+
+
+def check_plottable(run_path: Path) -> None:
+    """Refuse ``--plot`` before any work unless the run is a sinusoid run."""
+    if open_run(run_path).read_config().get("dataset") != "sinusoid":
+        raise UsageError("--plot draws sinusoid tasks, and this run is not on sinusoid",
+                         "drop --plot, or evaluate a run trained with --dataset sinusoid")
 
 
 def plot_sinusoid(run_path: Path, steps: list[int | None], output: Path, *, shot: int | None,

@@ -20,8 +20,9 @@ from metactl.engine.device import Placement, placement_for
 from metactl.engine.graphs import gradient_step
 from metactl.engine.run import RunFolder
 from metactl.engine.tasks import TaskSource, load_tasks
-from metactl.errors import UsageError
-from metactl.loggers import LoggerSet
+from metactl.errors import DataError, Interrupted, UsageError
+from metactl.fileio import check_output_folder
+from metactl.loggers import LoggerSet, check_loggers
 
 Report = Callable[[str], None]
 
@@ -126,15 +127,22 @@ class Trainer:
         return (self.spec.channels, self.spec.height, self.spec.width)
 
     def save_last(self) -> None:
-        save_checkpoint(self.run.last, self._payload())
+        try:
+            save_checkpoint(self.run.last, self._payload())
+        except DataError as error:
+            raise DataError(f"{error.message}; {self._where_to_continue()}", error.hint) from None
         self._saved_step = self.state.step
 
-    def resume(self) -> None:
-        """Restore everything from ``last.pt`` so the run continues as if never stopped."""
-        checkpoint = load_checkpoint(self.run.last)
-        if checkpoint.get("algorithm") != self.algorithm.name:
-            raise UsageError(f"{self.run.path} was trained with {checkpoint.get('algorithm')!r}",
-                             "resume it with the same algorithm")
+    def _where_to_continue(self) -> str:
+        """What is on disk after a failure, and how to go on from it."""
+        if self._saved_step is not None:
+            return (f"the last checkpoint is from step {self._saved_step}; continue with "
+                    f"`metactl train --resume {self.run.path}`")
+        return "no checkpoint was saved, so the run must start again"
+
+    def resume(self, checkpoint: dict[str, Any]) -> None:
+        """Restore everything from a ``last.pt`` (checked by :func:`resume_point`) so the run
+        continues as if never stopped."""
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.schedule.load_state_dict(checkpoint["schedule"])
@@ -157,24 +165,27 @@ class Trainer:
         first_step = self.state.step
         self.model.eval()
         self._refresh_statistics()
-        with self._graceful_interrupt(), self._progress() as advance:
-            # At least one step per call, so that a spent deadline still makes progress.
-            while (self.state.step < self.total_steps and not self._stop_requested
-                   and not (self.state.step > first_step and self.out_of_time())):
-                started = time.perf_counter()
-                record = self._one_step()
-                advance(record)
-                if self._due(int(self.config["val_every"])):
-                    self._validate_and_save(time.perf_counter() - started)
-                else:
-                    self.state.seconds += time.perf_counter() - started
-        if self.state.step < self.total_steps:
-            self.save_last()
-            reason = "" if self._stop_requested else " (out of time)"
-            self.report(f"stopped at step {self.state.step}{reason}; continue with "
-                        f"`metactl train --resume {self.run.path}`")
-        elif self._saved_step != self.state.step:
-            self._validate_and_save()
+        try:
+            with self._graceful_interrupt(), self._progress() as advance:
+                # At least one step per call, so that a spent deadline still makes progress.
+                while (self.state.step < self.total_steps and not self._stop_requested
+                       and not (self.state.step > first_step and self.out_of_time())):
+                    started = time.perf_counter()
+                    record = self._one_step()
+                    advance(record)
+                    if self._due(int(self.config["val_every"])):
+                        self._validate_and_save(time.perf_counter() - started)
+                    else:
+                        self.state.seconds += time.perf_counter() - started
+            if self.state.step < self.total_steps:
+                self.save_last()
+                reason = "" if self._stop_requested else " (out of time)"
+                self.report(f"stopped at step {self.state.step}{reason}; continue with "
+                            f"`metactl train --resume {self.run.path}`")
+            elif self._saved_step != self.state.step:
+                self._validate_and_save()
+        except KeyboardInterrupt:  # the second Ctrl-C; checkpoints are never half-written
+            raise Interrupted(f"aborted without saving; {self._where_to_continue()}") from None
         return self.state
 
     def out_of_time(self) -> bool:
@@ -200,7 +211,8 @@ class Trainer:
         self.state.step += 1
         loss = float(result.loss.detach())
         if not math.isfinite(loss):
-            raise UsageError(f"the training loss became {loss} at step {self.state.step}",
+            raise UsageError(f"the training loss became {loss} at step {self.state.step}; "
+                             f"{self._where_to_continue()}",
                              "lower the learning rate (--lr) or try --set amp=none")
         record = {"step": self.state.step, "loss": loss,
                   "accuracy": None if result.accuracy is None else float(result.accuracy),
@@ -342,27 +354,47 @@ def train(algorithm: str | type[Algorithm], config: dict[str, Any], *, out: Path
     :mod:`metactl.engine.record`), kept up to date as the status changes, and ``console.log``.
     With a ``deadline`` (a ``time.monotonic()`` value), training stops cleanly at the first step
     boundary after it (after one step at least), saving ``last.pt`` so that ``--resume``
-    continues."""
-    from metactl.engine.record import ConsoleLog, RunRecord
-    from metactl.loggers import check_loggers
+    continues.
+
+    Everything that can be checked cheaply is checked before the data is loaded: the settings,
+    the run folder (a file, a folder another process writes, a folder that holds a run), and
+    the checkpoint a resume starts from.
+    """
     from metactl.plugins import get_registry
 
     algorithm_class = get_registry().get(algorithm) if isinstance(algorithm, str) else algorithm
+    instance = algorithm_class(config)
+    check_queries(instance, config)
     check_loggers(config.get("logger"))
     run = RunFolder(Path(resume) if resume else Path(out) if out else default_run_folder(config))
-    if not resume and run.last.is_file():
-        raise UsageError(f"{run.path} already holds a run",
-                         f"resume it with `metactl train --resume {run.path}` "
-                         "or pick another --out")
+    if not resume:
+        check_output_folder(run.path, "--out")
+    with run.writing("metactl train"):
+        checkpoint = resume_point(run, config) if resume else None
+        if checkpoint is None:
+            check_new_run(run)
+        return _train_in(run, instance, config, checkpoint, report=report,
+                         show_progress=show_progress, mirror=mirror, root=root,
+                         deadline=deadline)
+
+
+def _train_in(run: RunFolder, algorithm: Algorithm, config: dict[str, Any],
+              checkpoint: dict[str, Any] | None, *, report: Report, **options: Any
+              ) -> tuple[RunFolder, TrainingState]:
+    """Train in ``run``, which this process holds: build the trainer, restore ``checkpoint``
+    when resuming, and record the run's provenance and how it ended."""
+    from metactl.engine.record import ConsoleLog, RunRecord
+
     console = ConsoleLog(run.path, report, opened=False)
-    trainer = Trainer(algorithm_class(config), config, run, console, show_progress,
-                      mirror=mirror, root=root, deadline=deadline)
-    if resume:
-        trainer.resume()
+    trainer = Trainer(algorithm, config, run, console, **options)
+    if checkpoint is not None:
+        trainer.resume(checkpoint)
+    else:
+        run.start_metrics()
     run.write_config(config)
     console.open()
     trainer.console_log = console.write
-    record = RunRecord.start(run.path, config, algorithm_class.__module__,
+    record = RunRecord.start(run.path, config, type(algorithm).__module__,
                              trainer.placement.describe(), trainer.total_steps)
     with _recorded(trainer, record, console):
         trainer.loggers = LoggerSet.open(config.get("logger"), run.path, config,
@@ -395,3 +427,58 @@ def _one_line(error: BaseException) -> str:
         return describe()
     first = str(error).strip().splitlines()[0] if str(error).strip() else ""
     return f"{type(error).__name__}: {first}"[:300]
+
+
+def check_queries(algorithm: Algorithm, config: dict[str, Any]) -> None:
+    """Training tasks need queries, except for learners that read labelled sequences."""
+    if int(config["train_query"]) < 1 and not algorithm.learns_from_sequences:
+        raise UsageError(f"setting train_query must be positive for {algorithm.name}, got "
+                         f"{config['train_query']}", "its loss is computed on the queries; "
+                         "pass --set train_query=5, say")
+
+
+def check_new_run(run: RunFolder) -> None:
+    for checkpoint in (run.last, run.best):
+        if checkpoint.is_file():
+            raise UsageError(f"{run.path} already holds a run",
+                             f"resume it with `metactl train --resume {run.path}` "
+                             "or pick another --out")
+
+
+TRAINING_STATE = ("model", "optimizer", "schedule", "sampler_rng", "torch_rng", "step",
+                  "best_score", "best_step")
+
+
+def resume_point(run: RunFolder, config: dict[str, Any]) -> dict[str, Any]:
+    """The checked ``last.pt`` of ``run``: a full training state, of the run's algorithm, not
+    past the steps ``config`` asks for."""
+    if not run.last.is_file():
+        raise DataError(f"{run.path} has no checkpoints/last.pt to resume from; "
+                        f"{_best_checkpoint_note(run)}",
+                        "a save that failed (a full disk?) can lose it: evaluate the run with "
+                        f"`metactl evaluate {run.path}`, or train again with another --out")
+    checkpoint = load_checkpoint(run.last)
+    if checkpoint.get("algorithm") != config["algorithm"]:
+        raise UsageError(f"{run.path} was trained with {checkpoint.get('algorithm')!r}",
+                         "resume it with the same algorithm")
+    missing = [key for key in TRAINING_STATE if key not in checkpoint]
+    if missing:
+        raise DataError(f"{run.last} holds no training state (no {missing[0]}); it may be a "
+                        "copy of best.pt, which keeps only the model",
+                        "resume needs the last.pt that training wrote; evaluate the run with "
+                        f"`metactl evaluate {run.path}`, or train again with another --out")
+    step = int(checkpoint["step"])
+    total = math.ceil(int(config["episodes"]) / int(config["meta_batch"]))
+    if step > total:
+        raise UsageError(f"{run.path} has already trained {step} steps; --episodes "
+                         f"{config['episodes']} is {total} steps",
+                         f"pass --episodes {step * int(config['meta_batch'])} or more to train "
+                         "longer")
+    return checkpoint
+
+
+def _best_checkpoint_note(run: RunFolder) -> str:
+    if not run.best.is_file():
+        return "it has no best.pt either"
+    step = load_checkpoint(run.best).get("step", "?")
+    return f"its best.pt is from step {step} but keeps only the model, not the training state"

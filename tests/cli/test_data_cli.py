@@ -149,7 +149,7 @@ def test_missing_and_corrupt_store(tmp_path):
     (["--way", "2000"], "way 2000 is larger than the 1692 classes"),
     (["--shot", "5", "--query", "16"], "shot + query = 21 is more than the 20 images"),
     (["--split", "nope"], "no split 'nope'"),
-    (["--episodes", "0"], "--episodes must be at least 1"),
+    (["--episodes", "0"], "--episodes must be positive"),
 ])
 def test_split_refuses_impossible_tasks(omniglot_root, tmp_path, arguments, message):
     output = tmp_path / "episodes.json"

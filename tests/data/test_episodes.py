@@ -147,7 +147,7 @@ def test_a_file_from_another_store_is_refused(train):
 
 def test_a_file_naming_classes_the_split_lacks(train):
     episodes = dataclasses.replace(draw_set(train), classes=torch.full((6, WAY), 99))
-    with pytest.raises(DataError, match="classes this split does not have"):
+    with pytest.raises(DataError, match="names class 99"):
         next(episodes.batches(train))
 
 

@@ -66,13 +66,14 @@ class MatchingNetworks(Algorithm):
              "One Shot Learning. NeurIPS.")
     defaults = {
         # The paper gives no optimiser settings; these are Prototypical Networks'.
-        "*": {"backbone": "conv4", "hidden": 64, "fce": False, "fce_steps": 5,
+        "*": {"backbone": "conv4", "hidden": 64, "dropblock": 0.0, "fce": False, "fce_steps": 5,
               "optimizer": "adam", "lr": 1e-3, "lr_decay": 0.5, "lr_decay_every": 2000},
         "omniglot": {"episodes": 20000},
     }
     hyperparameter_help = {
-        "backbone": "embedding network f' = g' (conv4)",
-        "hidden": "channels of each conv block",
+        "backbone": "embedding network f' = g': conv4, resnet12 or one a plugin registered",
+        "hidden": "channels of each conv block (resnet12: of the first block)",
+        "dropblock": "DropBlock rate in resnet12's last two blocks (0: off)",
         "fce": "full-context embeddings: BiLSTM over the support set, attention LSTM for queries",
         "fce_steps": "K, the attention LSTM's processing steps (the paper does not state it)",
     }
@@ -83,7 +84,7 @@ class MatchingNetworks(Algorithm):
         from metactl.nn.matching import MatchingNetwork
 
         encoder = build_backbone(self.hparams["backbone"], spec.channels,
-                                 int(self.hparams["hidden"]))
+                                 int(self.hparams["hidden"]), self.hparams)
         features = feature_size(encoder, spec.channels, spec.height, spec.width)
         return MatchingNetwork(encoder, features, fce=bool(self.hparams["fce"]),
                                steps=int(self.hparams["fce_steps"]))

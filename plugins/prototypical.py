@@ -49,14 +49,16 @@ class PrototypicalNetworks(Algorithm):
     paper = ("Snell, Swersky & Zemel (2017). Prototypical Networks for Few-shot Learning. "
              "NeurIPS.")
     defaults = {
-        "*": {"backbone": "conv4", "hidden": 64, "distance": "squared-euclidean",
-              "optimizer": "adam", "lr": 1e-3, "lr_decay": 0.5, "lr_decay_every": 2000},
+        "*": {"backbone": "conv4", "hidden": 64, "dropblock": 0.0,
+              "distance": "squared-euclidean", "optimizer": "adam", "lr": 1e-3, "lr_decay": 0.5,
+              "lr_decay_every": 2000},
         # The paper trains Omniglot with 60 classes and 5 queries per class.
         "omniglot": {"train_way": 60, "train_query": 5, "episodes": 20000},
     }
     hyperparameter_help = {
-        "backbone": "embedding network (conv4)",
-        "hidden": "channels of each conv block",
+        "backbone": "embedding network: conv4, resnet12 or one a plugin registered",
+        "hidden": "channels of each conv block (resnet12: of the first block, 64-160-320-640)",
+        "dropblock": "DropBlock rate in resnet12's last two blocks (0: off)",
         "distance": "squared-euclidean (the paper) or cosine",
     }
     device = DeviceSettings(channels_last=False)
@@ -64,7 +66,8 @@ class PrototypicalNetworks(Algorithm):
     def build_model(self, spec: ModelSpec) -> nn.Module:
         from metactl.nn.backbones import build_backbone
 
-        return build_backbone(self.hparams["backbone"], spec.channels, int(self.hparams["hidden"]))
+        return build_backbone(self.hparams["backbone"], spec.channels,
+                              int(self.hparams["hidden"]), self.hparams)
 
     def task_state(self, model: nn.Module, support: LabelledImages) -> Tensor:
         from metactl.nn.backbones import embed_tasks

@@ -63,7 +63,8 @@ class SiameseNetworks(Algorithm):
         "omniglot": {"train_way": 20, "train_query": 5, "episodes": 20000},
     }
     hyperparameter_help = {
-        "backbone": "convolutional tower: conv4 (28 px) or koch (the paper's, 105 px)",
+        "backbone": "convolutional tower: conv4 (28 px), koch (the paper's, 105 px), resnet12 "
+                    "or one a plugin registered",
         "hidden": "channels of each conv block of conv4",
         "embedding": "units of the sigmoid embedding layer (4096 in the paper)",
         "pairs": "same/different training pairs per task, half of each",

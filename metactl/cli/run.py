@@ -76,7 +76,7 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ):
     """Mean test accuracy (or regression error) with its 95% CI over fixed episodes."""
-    from metactl.engine.session import evaluate_and_record, parse_steps, plot_sinusoid
+    from metactl.engine.session import evaluate_and_record, parse_steps, plot_generated_tasks
 
     if positions is not None:
         _refuse_with_positions(shot=shot, query=query, episode_file=episode_file, steps=steps,
@@ -90,7 +90,8 @@ def evaluate(
                                    device=device, root=root, inner_steps=count)
                for count in step_counts]
     if plot is not None:
-        plot_sinusoid(run, step_counts, plot, shot=shot, seed=seed, device=device)
+        plot_generated_tasks(run, step_counts, plot, shot=shot, seed=seed, device=device,
+                             root=root)
         say(f"wrote {plot}")
     if as_json:
         documents = [{**result.to_json(), **({} if count is None else {"inner_steps": count})}

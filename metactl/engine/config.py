@@ -45,13 +45,20 @@ ENGINE_DEFAULTS: dict[str, Any] = {
     "compile": None,
     "channels_last": None,
     "deterministic": None,
+    "augment": False,
 }
 
-# Settings a dataset implies, between the engine's defaults and the algorithm's.
-DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
-    # MAML section 5.1: K = 10 support points; the query points score the adapted model.
-    "sinusoid": {"way": 1, "train_way": 1, "shot": 10, "query": 10, "val_episodes": 100},
-}
+
+
+def dataset_settings(dataset: str) -> dict[str, Any]:
+    """Settings a registered task family implies (sinusoid: way 1, shot 10...), applied
+    between the engine's defaults and the algorithm's; none for image datasets."""
+    from metactl.plugins import get_datasets
+
+    registry = get_datasets()
+    if dataset not in registry:
+        return {}
+    return dict(getattr(registry.get(dataset), "settings", {}))
 
 ENGINE_HELP = {
     "dataset": "dataset name (metactl data list)",
@@ -82,6 +89,8 @@ ENGINE_HELP = {
     "val_every": "validate every this many steps",
     "eval_seed": "seed of the fixed evaluation episodes (the same for every algorithm)",
     "amp": "mixed precision on CUDA: bf16, fp16 or none (default: the algorithm's choice)",
+    "augment": "augment training images: random crop with 8 px padding, horizontal flip, "
+               "colour jitter (never at evaluation)",
 }
 
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
@@ -162,7 +171,7 @@ def resolve_config(algorithm_name: str, defaults: Mapping[str, Mapping[str, Any]
                     f"see `metactl plugins info {algorithm_name}` for the keys it accepts")
             raise UsageError(f"{algorithm_name} has no setting {key!r}", hint)
     probe = {**ENGINE_DEFAULTS, **chosen}
-    config = {**ENGINE_DEFAULTS, **DATASET_DEFAULTS.get(probe["dataset"], {}),
+    config = {**ENGINE_DEFAULTS, **dataset_settings(str(probe["dataset"])),
               **algorithm_defaults(defaults, probe["dataset"], int(probe["way"]),
                                    int(probe["shot"])),
               **chosen}
@@ -196,6 +205,9 @@ def _check_config(config: dict[str, Any]) -> None:
     if config["device"] not in ("auto", "cpu", "cuda") and not str(config["device"]).startswith(
             "cuda:"):
         raise UsageError(f"unknown device {config['device']!r}", "use auto, cpu or cuda")
+    if not isinstance(config["augment"], bool):
+        raise UsageError(f"setting augment must be true or false, got {config['augment']!r}",
+                         "pass --set augment=true")
     if config["amp"] not in (None, "none", "bf16", "fp16"):
         raise UsageError(f"unknown mixed-precision mode {config['amp']!r}",
                          "use bf16, fp16 or none")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +15,9 @@ from metactl.algorithm import support_of
 if TYPE_CHECKING:
     from metactl.algorithm import Algorithm
     from metactl.data.episodes import EpisodeSet, SplitData, TaskBatch
+    from metactl.dataset import TaskFamily
     from metactl.engine.device import Placement
+    from metactl.engine.run import TrainedModel
 
 # Student's t is within 0.1% of the normal quantile beyond a few hundred episodes; papers use 1.96.
 Z_95 = 1.96
@@ -76,27 +78,35 @@ def evaluate_episodes(algorithm: Algorithm, model: torch.nn.Module, split: Split
                             episodes.query, episodes.split)
 
 
-def regression_errors(algorithm: Algorithm, model: torch.nn.Module, batches: list[TaskBatch],
-                      placement: Placement | None = None) -> torch.Tensor:
-    """Query mean squared error of every task, (tasks,), after adapting on its support set."""
+def task_scores(algorithm: Algorithm, model: torch.nn.Module, batches: list[TaskBatch],
+                placement: Placement | None = None) -> tuple[torch.Tensor, str]:
+    """The query score of every task, (tasks,), after adapting on its support set, and its
+    name: accuracy for integer labels, mean squared error for float targets (regression)."""
     autocast = placement.autocast() if placement is not None else contextlib.nullcontext()
     gradients = algorithm.gradient_mode()
-    errors = []
+    scores, metric = [], "accuracy"
     with gradients, autocast:
         for batch in batches:
             predictions = algorithm.predict(model, support_of(batch), batch.query_images)
-            squared = (predictions.detach().float() - batch.query_labels).pow(2)
-            errors.append(squared.flatten(1).mean(1).cpu())
-    return torch.cat(errors)
+            if batch.query_labels.is_floating_point():
+                squared = (predictions.detach().float() - batch.query_labels).pow(2)
+                scores.append(squared.flatten(1).mean(1).cpu())
+                metric = "mse"
+            else:
+                correct = predictions.argmax(-1) == batch.query_labels
+                scores.append(correct.float().mean(dim=1).cpu())
+    return torch.cat(scores), metric
 
 
-def evaluate_regression(algorithm: Algorithm, model: torch.nn.Module, batches: list[TaskBatch],
-                        placement: Placement | None = None, split: str = "val"
-                        ) -> EvaluationResult:
-    mean, ci95 = confidence_interval(regression_errors(algorithm, model, batches, placement))
+def evaluate_batches(algorithm: Algorithm, model: torch.nn.Module, batches: list[TaskBatch],
+                     placement: Placement | None = None, split: str = "val"
+                     ) -> EvaluationResult:
+    """Mean score with its 95% interval over fixed task batches (a task family's tasks)."""
+    scores, metric = task_scores(algorithm, model, batches, placement)
+    mean, ci95 = confidence_interval(scores)
     first = batches[0]
-    return EvaluationResult(mean, ci95, len(batches), first.way, first.shot, first.query, split,
-                            metric="mse")
+    return EvaluationResult(mean, ci95, len(scores), first.way, first.shot, first.query, split,
+                            metric=metric)
 
 
 def evaluate_run(run_path: Path, *, episodes: int | None = None, way: int | None = None,
@@ -107,19 +117,18 @@ def evaluate_run(run_path: Path, *, episodes: int | None = None, way: int | None
     """Evaluate a trained run on fixed episodes (the same for every algorithm by default);
     ``inner_steps`` replaces the algorithm's number of inner gradient steps at test time."""
     from metactl.data.episodes import EpisodeSet
-    from metactl.data.manage import draw_episodes, open_split
+    from metactl.data.manage import draw_episodes, find_dataset, open_split
     from metactl.engine.run import load_trained
     from metactl.errors import UsageError
 
     trained = load_trained(run_path, device)
     if inner_steps is not None:
-        from metactl.engine.sinusoid_report import with_steps
-
         trained = with_steps(trained, inner_steps)
     config = trained.config
-    if config["dataset"] == "sinusoid":
-        return _evaluate_sinusoid(trained, episodes=episodes, shot=shot, query=query, seed=seed,
-                                  device=device)
+    dataset = find_dataset(config["dataset"], root)
+    if dataset.generates_tasks:
+        return _evaluate_generated(trained, dataset, episodes=episodes, shot=shot, query=query,
+                                   seed=seed, device=device)
     if episode_file is not None:
         episode_set = EpisodeSet.load(episode_file)
         if episode_set.dataset != config["dataset"]:
@@ -141,19 +150,36 @@ def evaluate_run(run_path: Path, *, episodes: int | None = None, way: int | None
     return evaluate_episodes(trained.algorithm, trained.model, data, episode_set, placement)
 
 
-def sinusoid_test_tasks(config: dict[str, Any], episodes: int | None, shot: int | None,
-                        query: int | None, seed: int | None, device: torch.device
-                        ) -> list[TaskBatch]:
-    """The fixed sinusoid test tasks: seeded by ``eval_seed`` unless ``seed`` is given."""
-    from metactl.data.sinusoid import SinusoidSampler
-
-    sampler = SinusoidSampler(shot or int(config["shot"]), query or int(config["query"]),
-                              seed=int(config["eval_seed"]) if seed is None else seed,
-                              device=device)
-    return sampler.fixed(episodes or int(config["eval_episodes"]))
+def generated_test_tasks(family: TaskFamily, config: dict[str, Any], episodes: int | None,
+                         shot: int | None, query: int | None, seed: int | None,
+                         device: torch.device) -> list[TaskBatch]:
+    """The fixed test tasks of a task family: seeded by ``eval_seed`` unless ``seed`` is given,
+    one task per batch."""
+    sampler = family.sampler(shot or int(config["shot"]), query or int(config["query"]),
+                             int(config["eval_seed"]) if seed is None else seed, device)
+    return [sampler.sample(1) for _ in range(episodes or int(config["eval_episodes"]))]
 
 
-def _evaluate_sinusoid(trained, *, episodes, shot, query, seed, device) -> EvaluationResult:
+def _evaluate_generated(trained: TrainedModel, family: TaskFamily, *, episodes, shot, query,
+                        seed, device) -> EvaluationResult:
     placement = trained.placement(device)
-    batches = sinusoid_test_tasks(trained.config, episodes, shot, query, seed, placement.device)
-    return evaluate_regression(trained.algorithm, trained.model, batches, placement, "test")
+    batches = generated_test_tasks(family, trained.config, episodes, shot, query, seed,
+                                   placement.device)
+    return evaluate_batches(trained.algorithm, trained.model, batches, placement, "test")
+
+
+def steps_setting(trained: TrainedModel) -> str:
+    setting = trained.algorithm.test_steps_setting
+    if setting is None:
+        from metactl.errors import UsageError
+
+        raise UsageError(f"{trained.algorithm.name} has no inner gradient steps to vary",
+                         "use --steps with a gradient-based algorithm such as maml")
+    return setting
+
+
+def with_steps(trained: TrainedModel, steps: int) -> TrainedModel:
+    """A copy whose algorithm takes ``steps`` inner steps at test time."""
+    algorithm = type(trained.algorithm)({**trained.algorithm.hparams,
+                                         steps_setting(trained): steps})
+    return replace(trained, algorithm=algorithm)

@@ -28,14 +28,16 @@ if TYPE_CHECKING:
     from metactl.data.episodes import TaskBatch
 
 PRETRAINING_DEFAULTS: dict[str, dict[str, Any]] = {
-    "*": {"backbone": "conv4", "hidden": 64, "optimizer": "adam", "lr": 1e-3,
+    "*": {"backbone": "conv4", "hidden": 64, "dropblock": 0.0, "optimizer": "adam", "lr": 1e-3,
           "lr_decay": 0.5, "lr_decay_every": 2000},
     # Supervised batches of 60 classes x 6 images, the size of Prototypical Networks' episodes.
     "omniglot": {"train_way": 60, "train_query": 5, "episodes": 20000},
 }
 PRETRAINING_HELP = {
-    "backbone": "feature extractor trained as a classifier (conv4)",
-    "hidden": "channels of each conv block",
+    "backbone": "feature extractor trained as a classifier: conv4, resnet12 or one a plugin "
+                "registered",
+    "hidden": "channels of each conv block (resnet12: of the first block)",
+    "dropblock": "DropBlock rate in resnet12's last two blocks (0: off)",
 }
 
 
@@ -103,7 +105,7 @@ class SupervisedPretraining(Algorithm):
         from metactl.nn.backbones import build_backbone
 
         backbone = build_backbone(self.hparams["backbone"], spec.channels,
-                                  int(self.hparams["hidden"]))
+                                  int(self.hparams["hidden"]), self.hparams)
         return build_classifier(backbone, spec)
 
     def loss(self, model: nn.Module, batch: TaskBatch) -> StepResult:

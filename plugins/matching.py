@@ -69,10 +69,14 @@ class MatchingNetworks(Algorithm):
         "*": {"backbone": "conv4", "hidden": 64, "dropblock": 0.0, "fce": False, "fce_steps": 5,
               "optimizer": "adam", "lr": 1e-3, "lr_decay": 0.5, "lr_decay_every": 2000},
         "omniglot": {"episodes": 20000},
+        # mini-ImageNet (section 4.1.2): full-context embeddings, 15 queries per class as in
+        # Ravi & Larochelle's evaluation of Matching Networks.
+        "mini-imagenet": {"fce": True, "train_query": 15, "episodes": 20000},
     }
     hyperparameter_help = {
-        "backbone": "embedding network f' = g': conv4, resnet12 or one a plugin registered",
-        "hidden": "channels of each conv block (resnet12: of the first block)",
+        "backbone": "embedding network f' = g': conv4, resnet12 (hidden x 1, 2.5, 5, 10 channels) "
+                    "or one a plugin registered",
+        "hidden": "channels of each conv block",
         "dropblock": "DropBlock rate in resnet12's last two blocks (0: off)",
         "fce": "full-context embeddings: BiLSTM over the support set, attention LSTM for queries",
         "fce_steps": "K, the attention LSTM's processing steps (the paper does not state it)",

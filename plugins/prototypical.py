@@ -54,10 +54,16 @@ class PrototypicalNetworks(Algorithm):
               "lr_decay_every": 2000},
         # The paper trains Omniglot with 60 classes and 5 queries per class.
         "omniglot": {"train_way": 60, "train_query": 5, "episodes": 20000},
+        # mini-ImageNet: 30-way 1-shot and 20-way 5-shot training episodes with 15 queries per
+        # class; the paper trains until the validation loss stops falling.
+        "mini-imagenet": {"train_query": 15, "episodes": 20000},
+        "mini-imagenet/1-shot": {"train_way": 30},
+        "mini-imagenet/5-shot": {"train_way": 20},
     }
     hyperparameter_help = {
-        "backbone": "embedding network: conv4, resnet12 or one a plugin registered",
-        "hidden": "channels of each conv block (resnet12: of the first block, 64-160-320-640)",
+        "backbone": "embedding network: conv4, resnet12 (hidden x 1, 2.5, 5, 10 channels) or one "
+                    "a plugin registered",
+        "hidden": "channels of each conv block",
         "dropblock": "DropBlock rate in resnet12's last two blocks (0: off)",
         "distance": "squared-euclidean (the paper) or cosine",
     }

@@ -61,6 +61,8 @@ class SiameseNetworks(Algorithm):
               "lr_decay_every": 2000},
         # Many classes per batch so that the "different" pairs are varied (128 pairs, paper).
         "omniglot": {"train_way": 20, "train_query": 5, "episodes": 20000},
+        # The paper has no mini-ImageNet experiment; the same episodes as on Omniglot.
+        "mini-imagenet": {"train_way": 20, "train_query": 5, "episodes": 20000},
     }
     hyperparameter_help = {
         "backbone": "convolutional tower: conv4 (28 px), koch (the paper's, 105 px), resnet12 "

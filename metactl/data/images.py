@@ -149,16 +149,17 @@ def _advance(progress: Callable[[int], None] | None, count: int) -> None:
 
 def channel_statistics(images: np.ndarray) -> dict[str, list[float]]:
     """Per-channel mean and standard deviation of uint8 ``images`` (N, H, W[, C]), in units
-    of the [0, 1] range the sampler hands to models; summed in float64, chunk by chunk."""
+    of the [0, 1] range the sampler hands to models; exact, from a histogram of pixel values
+    counted chunk by chunk (no float copy of the images)."""
     channels = images.shape[3] if images.ndim == 4 else 1
-    total = np.zeros(channels)
-    squares = np.zeros(channels)
-    for start in range(0, len(images), 4096):
-        block = images[start:start + 4096].reshape(-1, channels).astype(np.float64)
-        total += block.sum(0)
-        squares += np.square(block).sum(0)
-    count = images.size // channels
-    mean = total / count
-    std = np.sqrt(np.maximum(squares / count - np.square(mean), 0.0))
-    return {"mean": [round(float(m) / 255, 6) for m in mean],
-            "std": [round(float(s) / 255, 6) for s in std]}
+    histogram = np.zeros((channels, 256), dtype=np.int64)
+    for start in range(0, len(images), 1024):
+        block = np.asarray(images[start:start + 1024]).reshape(-1, channels)
+        for channel in range(channels):
+            pixels = np.ascontiguousarray(block[:, channel])
+            histogram[channel] += np.bincount(pixels, minlength=256)
+    values = np.arange(256, dtype=np.float64) / 255
+    count = histogram.sum(1)
+    mean = histogram @ values / count
+    std = np.sqrt(np.maximum(histogram @ np.square(values) / count - np.square(mean), 0.0))
+    return {"mean": [round(float(m), 6) for m in mean], "std": [round(float(s), 6) for s in std]}

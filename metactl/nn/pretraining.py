@@ -32,11 +32,15 @@ PRETRAINING_DEFAULTS: dict[str, dict[str, Any]] = {
           "lr_decay": 0.5, "lr_decay_every": 2000},
     # Supervised batches of 60 classes x 6 images, the size of Prototypical Networks' episodes.
     "omniglot": {"train_way": 60, "train_query": 5, "episodes": 20000},
+    # mini-ImageNet as Chen et al. (2019) train their Baseline: batches of 16 images, 400
+    # epochs of the 38,400 training images, with standard augmentation.
+    "mini-imagenet": {"train_way": 16, "train_shot": 1, "train_query": 0, "augment": True,
+                      "episodes": 960_000},
 }
 PRETRAINING_HELP = {
-    "backbone": "feature extractor trained as a classifier: conv4, resnet12 or one a plugin "
-                "registered",
-    "hidden": "channels of each conv block (resnet12: of the first block)",
+    "backbone": "feature extractor trained as a classifier: conv4, resnet12 (hidden x 1, 2.5, 5, "
+                "10 channels) or one a plugin registered",
+    "hidden": "channels of each conv block",
     "dropblock": "DropBlock rate in resnet12's last two blocks (0: off)",
 }
 

@@ -171,3 +171,25 @@ def class_folders_of_colours(folder: Path, classes: int, per_class: int, seed: i
             suffix = ".png" if index % 2 else ".jpg"
             Image.fromarray(pixels).save(target / f"image-{index}{suffix}")
     return folder
+
+
+def install_example(name: str, work: Path) -> Path:
+    """pip-install ``examples/<name>`` into a folder of its own under ``work`` (never into the
+    running environment) and return that folder, for ``PYTHONPATH``. The package is copied first
+    so that pip's in-tree build leaves no ``build/`` folder in the checkout."""
+    import shutil
+
+    source = work / "source"
+    shutil.copytree(REPOSITORY / "examples" / name, source, ignore=shutil.ignore_patterns(
+        "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache"))
+    target = work / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation",
+                    "--no-index", "--disable-pip-version-check", "--quiet", "--target",
+                    str(target), str(source)], check=True, capture_output=True, text=True)
+    return target
+
+
+def with_pythonpath(folder: Path) -> dict[str, str]:
+    """Environment variables that put ``folder`` first on the subprocesses' import path."""
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(folder),
+                                                        os.environ.get("PYTHONPATH")]))}

@@ -128,6 +128,6 @@ def load_tasks(config: dict[str, Any], device: torch.device, mirror: str | None,
     train = open_split(card.name, "train", root=root, scheme=scheme.name, size=size, fetch=True,
                        mirror=mirror, report=report).to(device)
     val = None
-    if "val" in scheme.split_names:
+    if "val" in scheme.split_names and int(config["val_episodes"]) > 0:
         val = open_split(card.name, "val", root=root, scheme=scheme.name, size=size).to(device)
     return ImageTasks(config, train, val, card.geometry.invert, scheme.name, size)

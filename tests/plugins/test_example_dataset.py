@@ -59,7 +59,8 @@ def test_training_on_it_beats_the_untrained_model(example, tmp_path):
     def trained_and_evaluated(episodes: str, name: str) -> float:
         run = tmp_path / name
         trained = run_metactl("train", "prototypical", "--dataset", "example-shapes",
-                              "--train-way", "5", "--episodes", episodes, "--lr", lr(episodes),
+                              "--train-way", "5", "--query", "5", "--episodes", episodes,
+                              "--lr", lr(episodes),
                               "--set", "val_episodes=0", "--device", "cpu", "--out", str(run),
                               env=example)
         assert trained.returncode == 0, trained.stderr

@@ -8,7 +8,7 @@ minutes on one CPU thread (fewer filters, 5-way training episodes, few steps); t
 are printed with the results. The store must
 exist: `metactl data fetch mini-imagenet --mirror DIR`.
 
-    python benchmarks/mini_imagenet_cpu.py [--algorithms prototypical,maml] [--episodes 300]
+    python benchmarks/mini_imagenet_cpu.py [--algorithms prototypical,maml] [--episodes 150]
         [--out runs/mini-imagenet-cpu] [--root DIR] [--threads 1]
 """
 
@@ -32,14 +32,14 @@ QUIET = {"device": "cpu", "val_episodes": 0, "val_every": 100_000, "seed": 0,
          "dataset": "mini-imagenet", "way": 5, "shot": 1, "query": 15}
 # A short CPU run per algorithm: 5-way training episodes with few queries and filters.
 SHORT_RUNS: dict[str, dict[str, Any]] = {
-    "prototypical": {"hidden": 32, "train_way": 5, "train_query": 5, "episodes": 400},
-    "matching": {"hidden": 32, "train_way": 5, "train_query": 5, "episodes": 400},
-    "relation": {"hidden": 32, "train_query": 5, "episodes": 400, "lr_decay_every": 0},
-    "siamese": {"hidden": 32, "train_way": 5, "train_query": 3, "pairs": 64, "episodes": 300},
-    "nearest-neighbor": {"hidden": 32, "train_way": 16, "train_shot": 2, "train_query": 0,
-                         "augment": False, "episodes": 600},
-    "finetune": {"hidden": 32, "train_way": 16, "train_shot": 2, "train_query": 0,
-                 "augment": False, "finetune_steps": 50, "episodes": 600},
+    "prototypical": {"hidden": 16, "train_way": 5, "train_query": 5, "episodes": 300},
+    "matching": {"hidden": 16, "fce": False, "train_way": 5, "train_query": 5, "episodes": 300},
+    "relation": {"hidden": 16, "train_query": 5, "episodes": 300, "lr_decay_every": 0},
+    "siamese": {"hidden": 16, "train_way": 5, "train_query": 3, "pairs": 64, "episodes": 300},
+    "nearest-neighbor": {"hidden": 16, "train_way": 16, "train_shot": 2, "train_query": 0,
+                         "augment": False, "episodes": 400},
+    "finetune": {"hidden": 16, "train_way": 16, "train_shot": 2, "train_query": 0,
+                 "augment": False, "finetune_steps": 50, "episodes": 400},
     "maml": {"hidden": 16, "train_query": 5, "inner_steps": 1, "test_inner_steps": 5,
              "meta_batch": 4, "episodes": 400},
     "fomaml": {"hidden": 16, "train_query": 5, "inner_steps": 1, "test_inner_steps": 5,
@@ -96,7 +96,7 @@ def row(result: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--algorithms", default=",".join(SHORT_RUNS))
-    parser.add_argument("--episodes", type=int, default=300, help="test episodes")
+    parser.add_argument("--episodes", type=int, default=150, help="test episodes")
     parser.add_argument("--out", type=Path, default=Path("runs/mini-imagenet-cpu"))
     parser.add_argument("--root", default=None)
     parser.add_argument("--threads", type=int, default=1)

@@ -49,7 +49,6 @@ ENGINE_DEFAULTS: dict[str, Any] = {
 }
 
 
-
 def dataset_settings(dataset: str) -> dict[str, Any]:
     """Settings a registered task family implies (sinusoid: way 1, shot 10...), applied
     between the engine's defaults and the algorithm's; none for image datasets."""
@@ -59,6 +58,7 @@ def dataset_settings(dataset: str) -> dict[str, Any]:
     if dataset not in registry:
         return {}
     return dict(getattr(registry.get(dataset), "settings", {}))
+
 
 ENGINE_HELP = {
     "dataset": "dataset name (metactl data list)",

@@ -21,7 +21,8 @@
 #   EVAL_EPISODES         test episodes per evaluation (default 1000)
 #   DEVICE                auto, cuda or cpu (default auto)
 #   TINY=1                shrink everything (a CPU smoke test): 4 training episodes of 5-way
-#                         tasks with 8 filters, 20 test episodes; with DATASET, any dataset
+#                         tasks with 8 filters, 20 test episodes, no time budget; with DATASET,
+#                         any dataset
 #   DATASET               the dataset (default mini-imagenet)
 set -euo pipefail
 
@@ -51,6 +52,7 @@ if [[ "${TINY:-0}" == 1 ]]; then
         return 0
     }
     evaluation_episodes="${EVAL_EPISODES:-20}"
+    seconds="${TRAIN_SECONDS:-3600}"  # the episodes, not the clock, end a tiny run
 fi
 
 log "metactl $("$metactl" --version | cut -d' ' -f2); data root $METACTL_HOME; mirror $mirror"

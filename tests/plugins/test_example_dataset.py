@@ -81,7 +81,7 @@ def test_the_gpu_script_runs_end_to_end_in_its_tiny_mode(example, tmp_path):
     out = tmp_path / "out"
     script = REPOSITORY / "benchmarks" / "gpu_mini_imagenet.sh"
     result = subprocess.run([str(script), str(out)], capture_output=True, text=True,
-                            timeout=600, env={**os.environ, **example,
+                            timeout=3600, env={**os.environ, **example,
                                               "DATASET": "example-shapes", "TINY": "1",
                                               "DEVICE": "cpu",
                                               "MINI_IMAGENET_MIRROR": example["METACTL_MIRROR"],

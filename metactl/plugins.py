@@ -94,12 +94,11 @@ class _Registry:
     def __contains__(self, name: str) -> bool:
         return name in self._entries
 
-    def entry(self, name: str, others: tuple[str, ...] = ()) -> Any:
-        """The entry called ``name``, or a one-line error suggesting the nearest names among
-        the registered ones and ``others``."""
+    def entry(self, name: str) -> Any:
+        """The entry called ``name``, or a one-line error suggesting the nearest names."""
         if name in self._entries:
             return self._entries[name]
-        raise unknown_name(self.kind, name, [*self.names(), *others])
+        raise unknown_name(self.kind, name, self.names())
 
 
 def unknown_name(kind: str, name: str, known: list[str]) -> UsageError:

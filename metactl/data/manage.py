@@ -30,7 +30,7 @@ def _silent(message: str) -> None:
 def find_dataset(name: str, root: str | Path | None = None) -> Dataset:
     """The dataset called ``name``: registered by a plugin, or imported into the data root
     with ``metactl data import``; else an error suggesting the nearest known names."""
-    from metactl.plugins import get_datasets
+    from metactl.plugins import get_datasets, unknown_name
 
     registry = get_datasets()
     if name in registry:
@@ -38,7 +38,7 @@ def find_dataset(name: str, root: str | Path | None = None) -> Dataset:
     imported = imported_datasets(root)
     if name in imported:
         return imported[name]
-    return registry.entry(name, others=tuple(imported))
+    raise unknown_name("dataset", name, [*registry.names(), *imported])
 
 
 def image_dataset(name: str, root: str | Path | None = None) -> ImageDataset:

@@ -7,7 +7,7 @@ notes go through ``report`` so the library never prints by itself.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -114,8 +114,8 @@ def list_datasets(root: str | Path | None = None) -> list[DatasetStatus]:
         else:
             statuses.append(dataset_status(dataset.card, root, entry.distribution))
     for dataset in imported_datasets(root).values():
-        status = dataset_status(dataset.card, root, "imported")
-        statuses.append(DatasetStatus(**{**status.__dict__, "state": "imported"}))
+        statuses.append(replace(dataset_status(dataset.card, root, "imported"),
+                                state="imported"))
     return statuses
 
 

@@ -32,9 +32,9 @@ QUIET = {"device": "cpu", "val_episodes": 0, "val_every": 100_000, "seed": 0,
          "dataset": "mini-imagenet", "way": 5, "shot": 1, "query": 15}
 # A short CPU run per algorithm: 5-way training episodes with few queries and filters.
 SHORT_RUNS: dict[str, dict[str, Any]] = {
-    "prototypical": {"hidden": 16, "train_way": 20, "train_query": 5, "episodes": 400},
-    "matching": {"hidden": 16, "fce": False, "train_way": 20, "train_query": 5,
-                 "episodes": 400},
+    "prototypical": {"hidden": 16, "train_way": 5, "train_query": 5, "episodes": 1000},
+    "matching": {"hidden": 16, "fce": False, "train_way": 5, "train_query": 5,
+                 "episodes": 1000},
     "relation": {"hidden": 16, "train_query": 5, "episodes": 1000, "lr_decay_every": 0},
     "siamese": {"hidden": 16, "train_way": 10, "train_query": 3, "pairs": 64, "episodes": 500},
     "nearest-neighbor": {"hidden": 16, "train_way": 16, "train_shot": 2, "train_query": 0,

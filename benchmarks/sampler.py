@@ -25,9 +25,9 @@ from metactl.data.cards import get_card
 from metactl.data.episodes import EpisodeSampler, SplitData, TaskBatch
 from metactl.data.hdf5 import open_store
 from metactl.data.layout import DatasetLayout
-from metactl.data.omniglot import find_characters
 from metactl.errors import MetactlError
 from metactl.paths import data_root
+from metactl_datasets.omniglot import find_characters
 
 SETTINGS = ((5, 1, 15), (20, 5, 15))
 BATCH = 32

@@ -1,1 +1,2 @@
-"""Dataset cards shipped with metactl (YAML files beside this module)."""
+"""The built-in datasets: one plugin module per dataset, registered through the ``metactl``
+entry points exactly like a third-party package, with its YAML card beside it."""

@@ -6,7 +6,7 @@ import difflib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from importlib import metadata
 from typing import Any
 
@@ -14,7 +14,12 @@ import pluggy
 
 from metactl import hookspecs
 from metactl.algorithm import FAMILIES, Algorithm
+from metactl.dataset import Dataset, ImageDataset, TaskFamily
 from metactl.errors import PluginError, UsageError
+from metactl.nn import BUILT_IN_BACKBONES
+
+BackboneFactory = Callable[..., Any]
+"""``factory(channels, hidden, options) -> nn.Module``, (N, C, H, W) -> (N, features)."""
 
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9-]*$")
 
@@ -35,11 +40,28 @@ class RegisteredAlgorithm:
     distribution: str
 
 
-class AlgorithmRegistry:
-    """The algorithms contributed by plugins, by name."""
+@dataclass(frozen=True)
+class RegisteredDataset:
+    dataset: Dataset
+    plugin: str
+    distribution: str
+
+
+@dataclass(frozen=True)
+class RegisteredBackbone:
+    factory: BackboneFactory
+    plugin: str
+    distribution: str
+
+
+class _Registry:
+    """Entries contributed by plugins, by name; what one plugin adds stays pending until its
+    hooks have all returned, and is dropped if one raises."""
+
+    kind = "entry"
 
     def __init__(self) -> None:
-        self._entries: dict[str, RegisteredAlgorithm] = {}
+        self._entries: dict[str, Any] = {}
         self._plugin = "?"
         self._distribution = "?"
         self._pending: list[str] = []
@@ -53,36 +75,91 @@ class AlgorithmRegistry:
             del self._entries[name]
         self._pending = []
 
-    def add(self, algorithm: type[Algorithm]) -> None:
-        """Register ``algorithm`` (a subclass of :class:`metactl.algorithm.Algorithm`)."""
-        _check_algorithm(algorithm)
-        existing = self._entries.get(algorithm.name)
+    def _put(self, name: str, make: Callable[[str, str], Any]) -> None:
+        existing = self._entries.get(name)
         if existing is not None:
             raise PluginError(
-                f"algorithm {algorithm.name!r} is registered by both {existing.distribution} "
+                f"{self.kind} {name!r} is registered by both {existing.distribution} "
                 f"and {self._distribution}",
                 "uninstall one of the two packages")
-        self._entries[algorithm.name] = RegisteredAlgorithm(algorithm, self._plugin,
-                                                            self._distribution)
-        self._pending.append(algorithm.name)
+        self._entries[name] = make(self._plugin, self._distribution)
+        self._pending.append(name)
 
     def names(self) -> list[str]:
         return sorted(self._entries)
 
-    def entries(self) -> list[RegisteredAlgorithm]:
+    def entries(self) -> list[Any]:
         return [self._entries[name] for name in self.names()]
 
-    def entry(self, name: str) -> RegisteredAlgorithm:
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries
+
+    def entry(self, name: str) -> Any:
+        """The entry called ``name``, or a one-line error suggesting the nearest names."""
         if name in self._entries:
             return self._entries[name]
-        close = [known for known in self.names() if name and known.startswith(name)]
-        close = close[:3] or difflib.get_close_matches(name, self.names(), n=3)
-        hint = (f"did you mean {' or '.join(repr(c) for c in close)}?" if close
-                else f"known algorithms: {', '.join(self.names()) or 'none'}")
-        raise UsageError(f"unknown algorithm {name!r}", hint)
+        raise unknown_name(self.kind, name, self.names())
+
+
+def unknown_name(kind: str, name: str, known: list[str]) -> UsageError:
+    """``unknown <kind> 'name'``, suggesting the nearest of ``known``."""
+    close = [candidate for candidate in known if name and candidate.startswith(name)]
+    close = close[:3] or difflib.get_close_matches(name, known, n=3)
+    hint = (f"did you mean {' or '.join(repr(c) for c in close)}?" if close
+            else f"known {kind}s: {', '.join(sorted(known)) or 'none'}")
+    return UsageError(f"unknown {kind} {name!r}", hint)
+
+
+class AlgorithmRegistry(_Registry):
+    """The algorithms contributed by plugins, by name."""
+
+    kind = "algorithm"
+
+    def add(self, algorithm: type[Algorithm]) -> None:
+        """Register ``algorithm`` (a subclass of :class:`metactl.algorithm.Algorithm`)."""
+        _check_algorithm(algorithm)
+        self._put(algorithm.name, partial(RegisteredAlgorithm, algorithm))
 
     def get(self, name: str) -> type[Algorithm]:
         return self.entry(name).algorithm
+
+
+class DatasetRegistry(_Registry):
+    """The datasets contributed by plugins, by name."""
+
+    kind = "dataset"
+
+    def add(self, dataset: type[Dataset]) -> None:
+        """Register ``dataset``, a subclass of :class:`metactl.dataset.ImageDataset` (its card
+        is read and checked now) or of :class:`metactl.dataset.TaskFamily`."""
+        if not (isinstance(dataset, type) and issubclass(dataset, (ImageDataset, TaskFamily))):
+            raise PluginError(f"{dataset!r} is not a subclass of metactl.dataset.ImageDataset "
+                              "or TaskFamily", "register dataset classes only")
+        instance = dataset()
+        if not NAME_PATTERN.match(instance.name or ""):
+            raise PluginError(f"dataset class {dataset.__name__} has an invalid name "
+                              f"{instance.name!r}", "use lower-case letters, digits and dashes")
+        self._put(instance.name, partial(RegisteredDataset, instance))
+
+    def get(self, name: str) -> Dataset:
+        return self.entry(name).dataset
+
+
+class BackboneRegistry(_Registry):
+    """Backbones contributed by plugins, by name, beside the built-in ``conv4`` and
+    ``resnet12``."""
+
+    kind = "backbone"
+
+    def add(self, name: str, factory: BackboneFactory) -> None:
+        """Register ``factory(channels, hidden, options) -> nn.Module`` as ``name``."""
+        if not NAME_PATTERN.match(name or "") or not callable(factory):
+            raise PluginError(f"backbone {name!r} needs a lower-case name and a callable "
+                              "factory", "call registry.add('my-net', build_my_net)")
+        if name in BUILT_IN_BACKBONES:
+            raise PluginError(f"backbone {name!r} is built into metactl",
+                              "register it under another name")
+        self._put(name, partial(RegisteredBackbone, factory))
 
 
 def _check_algorithm(algorithm: type[Algorithm]) -> None:
@@ -155,7 +232,13 @@ class PluginSet:
     manager: pluggy.PluginManager
     registry: AlgorithmRegistry
     failures: list[PluginFailure]
+    datasets: DatasetRegistry
+    backbones: BackboneRegistry
     loggers: LoggerRegistry
+
+    @property
+    def registries(self) -> tuple[_Registry | LoggerRegistry, ...]:
+        return (self.registry, self.datasets, self.backbones, self.loggers)
 
 
 def _distribution_name(entry_point: metadata.EntryPoint) -> str:
@@ -169,39 +252,44 @@ def _entry_points() -> list[metadata.EntryPoint]:
 
 @lru_cache(maxsize=1)
 def load_plugins() -> PluginSet:
-    """Load every entry point of the ``metactl`` group and collect the algorithms.
+    """Load every entry point of the ``metactl`` group and collect what their hooks register:
+    algorithms, datasets and backbones.
 
     Entry points are loaded one by one, each inside its own ``try``, so a broken plugin is
-    recorded in ``failures`` and the others keep working.
+    recorded in ``failures`` (with nothing it registered kept) and the others keep working.
     """
     manager = pluggy.PluginManager(hookspecs.PROJECT)
     manager.add_hookspecs(hookspecs)
-    registry, loggers = AlgorithmRegistry(), LoggerRegistry()
-    failures: list[PluginFailure] = []
+    plugins = PluginSet(manager, AlgorithmRegistry(), [], DatasetRegistry(), BackboneRegistry(),
+                        LoggerRegistry())
     for entry_point in _entry_points():
         distribution = _distribution_name(entry_point)
-        registry._begin(entry_point.name, distribution)
-        loggers._begin(entry_point.name, distribution)
+        for registry in plugins.registries:
+            registry._begin(entry_point.name, distribution)
         try:
-            _load_one(manager, {"metactl_register_algorithms": registry,
-                                "metactl_register_loggers": loggers}, entry_point)
+            _load_one(plugins, entry_point)
         except Exception as error:  # noqa: BLE001 - a broken plugin must not break the others
-            registry._rollback()
-            loggers._rollback()
-            failures.append(PluginFailure(entry_point.name, distribution, _describe(error)))
-    return PluginSet(manager, registry, failures, loggers)
+            for registry in plugins.registries:
+                registry._rollback()
+            plugins.failures.append(PluginFailure(entry_point.name, distribution,
+                                                  _describe(error)))
+    return plugins
 
 
-def _load_one(manager: pluggy.PluginManager, registries: dict[str, Any],
-              entry_point: metadata.EntryPoint) -> None:
+HOOKS = {"metactl_register_algorithms": "registry", "metactl_register_datasets": "datasets",
+         "metactl_register_backbones": "backbones", "metactl_register_loggers": "loggers"}
+
+
+def _load_one(plugins: PluginSet, entry_point: metadata.EntryPoint) -> None:
+    manager = plugins.manager
     module = entry_point.load()
     manager.register(module, name=entry_point.name)
     try:
         manager.check_pending()
-        for hook_name, registry in registries.items():
-            for implementation in getattr(manager.hook, hook_name).get_hookimpls():
+        for hook, registry in HOOKS.items():
+            for implementation in getattr(manager.hook, hook).get_hookimpls():
                 if implementation.plugin is module:
-                    implementation.function(registry=registry)
+                    implementation.function(registry=getattr(plugins, registry))
     except BaseException:
         manager.unregister(module)
         raise
@@ -232,3 +320,7 @@ def plugin_of(module_name: str) -> RegisteredAlgorithm | None:
         if entry.algorithm.__module__.partition(".")[0] == package:
             return entry
     return None
+
+
+def get_datasets() -> DatasetRegistry:
+    return load_plugins().datasets

@@ -76,6 +76,9 @@ class MAML(Algorithm):
         # 20-way: five steps of 0.1 in training and test, meta-batch 16.
         "omniglot/20-way": {"inner_steps": 5, "test_inner_steps": 5, "inner_lr": 0.1,
                             "meta_batch": 16, "episodes": 960_000},
+        # mini-ImageNet (the "*" settings): 15 queries per class; 5-shot: meta-batch 2.
+        "mini-imagenet": {"train_query": 15},
+        "mini-imagenet/5-shot": {"meta_batch": 2, "episodes": 120_000},
         # Sinusoid regression: 2 x 40 ReLU units, one step of 0.01 (10 at test time, as in the
         # reference code), meta-batch 25, 70000 iterations.
         "sinusoid": {"hidden": 40, "inner_steps": 1, "test_inner_steps": 10, "inner_lr": 0.01,

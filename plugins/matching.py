@@ -84,13 +84,18 @@ class MatchingNetworks(Algorithm):
         for way, shot, accuracy in ((5, 1, 98.1), (5, 5, 98.9), (20, 1, 93.8), (20, 5, 98.5)))
     defaults = {
         # The paper gives no optimiser settings; these are Prototypical Networks'.
-        "*": {"backbone": "conv4", "hidden": 64, "fce": False, "fce_steps": 5,
+        "*": {"backbone": "conv4", "hidden": 64, "dropblock": 0.0, "fce": False, "fce_steps": 5,
               "optimizer": "adam", "lr": 1e-3, "lr_decay": 0.5, "lr_decay_every": 2000},
         "omniglot": {"episodes": 20000},
+        # mini-ImageNet (section 4.1.2): full-context embeddings, 15 queries per class as in
+        # Ravi & Larochelle's evaluation of Matching Networks.
+        "mini-imagenet": {"fce": True, "train_query": 15, "episodes": 20000},
     }
     hyperparameter_help = {
-        "backbone": "embedding network f' = g' (conv4)",
+        "backbone": "embedding network f' = g': conv4, resnet12 (hidden x 1, 2.5, 5, 10 channels) "
+                    "or one a plugin registered",
         "hidden": "channels of each conv block",
+        "dropblock": "DropBlock rate in resnet12's last two blocks (0: off)",
         "fce": "full-context embeddings: BiLSTM over the support set, attention LSTM for queries",
         "fce_steps": "K, the attention LSTM's processing steps (the paper does not state it)",
     }
@@ -101,7 +106,7 @@ class MatchingNetworks(Algorithm):
         from metactl.nn.matching import MatchingNetwork
 
         encoder = build_backbone(self.hparams["backbone"], spec.channels,
-                                 int(self.hparams["hidden"]))
+                                 int(self.hparams["hidden"]), self.hparams)
         features = feature_size(encoder, spec.channels, spec.height, spec.width)
         return MatchingNetwork(encoder, features, fce=bool(self.hparams["fce"]),
                                steps=int(self.hparams["fce_steps"]))

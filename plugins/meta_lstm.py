@@ -51,6 +51,9 @@ class MetaLearnerLSTM(Algorithm):
               "inner_batch_size": 5, "bn_momentum": 0.9, "bn_eps": 1e-3, "batch_tasks": True,
               "optimizer": "adam", "lr": 1e-3, "grad_clip": 0.25, "meta_batch": 1,
               "episodes": 75_000},
+        # mini-ImageNet: 15 queries per class (the authors' nEvalExamples); 1-shot: 12 passes.
+        "mini-imagenet": {"train_query": 15},
+        "mini-imagenet/1-shot": {"inner_epochs": 12},
         # The authors' Omniglot configurations (the paper reports mini-ImageNet only).
         "omniglot": {"episodes": 50_000},
         "omniglot/1-shot": {"inner_epochs": 15},

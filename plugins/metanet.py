@@ -104,6 +104,8 @@ class MetaNet(Algorithm):
               "task_fast_weights": True, "init_range": 0.1, "fast_init": 1e-3,
               "fast_init_range": 0.01, "optimizer": "adam", "lr": 1e-3,
               "grad_clip": 10.0, "meta_batch": 1, "episodes": 40_000},
+        # mini-ImageNet: the "*" settings (32 filters, the last three layers augmented).
+        "mini-imagenet": {"hidden": 32, "augmented_layers": 3},
         # Omniglot: 64 filters, every layer augmented, 10 queries per class in training (the
         # authors' train_omniglot.py).
         "omniglot": {"hidden": 64, "augmented_layers": 6, "train_query": 10},

@@ -41,14 +41,22 @@ class PrototypicalNetworks(Algorithm):
     paper = ("Snell, Swersky & Zemel (2017). Prototypical Networks for Few-shot Learning. "
              "NeurIPS.")
     defaults = {
-        "*": {"backbone": "conv4", "hidden": 64, "distance": "squared-euclidean",
-              "optimizer": "adam", "lr": 1e-3, "lr_decay": 0.5, "lr_decay_every": 2000},
+        "*": {"backbone": "conv4", "hidden": 64, "dropblock": 0.0,
+              "distance": "squared-euclidean", "optimizer": "adam", "lr": 1e-3, "lr_decay": 0.5,
+              "lr_decay_every": 2000},
         # The paper trains Omniglot with 60 classes and 5 queries per class.
         "omniglot": {"train_way": 60, "train_query": 5, "episodes": 20000},
+        # mini-ImageNet: 30-way 1-shot and 20-way 5-shot training episodes with 15 queries per
+        # class; the paper trains until the validation loss stops falling.
+        "mini-imagenet": {"train_query": 15, "episodes": 20000},
+        "mini-imagenet/1-shot": {"train_way": 30},
+        "mini-imagenet/5-shot": {"train_way": 20},
     }
     hyperparameter_help = {
-        "backbone": "embedding network (conv4)",
+        "backbone": "embedding network: conv4, resnet12 (hidden x 1, 2.5, 5, 10 channels) or one "
+                    "a plugin registered",
         "hidden": "channels of each conv block",
+        "dropblock": "DropBlock rate in resnet12's last two blocks (0: off)",
         "distance": "squared-euclidean (the paper) or cosine",
     }
     # Final Omniglot models: 60-way training episodes with 5 queries per class on the 1,200
@@ -66,7 +74,8 @@ class PrototypicalNetworks(Algorithm):
     def build_model(self, spec: ModelSpec) -> nn.Module:
         from metactl.nn.backbones import build_backbone
 
-        return build_backbone(self.hparams["backbone"], spec.channels, int(self.hparams["hidden"]))
+        return build_backbone(self.hparams["backbone"], spec.channels,
+                              int(self.hparams["hidden"]), self.hparams)
 
     def task_state(self, model: nn.Module, support: LabelledImages) -> Tensor:
         from metactl.nn.backbones import embed_tasks

@@ -84,6 +84,11 @@ class RelationNetworks(Algorithm):
         "omniglot/5-way/5-shot": {"train_query": 15},
         "omniglot/20-way/1-shot": {"train_query": 10},
         "omniglot/20-way/5-shot": {"train_query": 5},
+        # mini-ImageNet (paper and code): no padding in the relation module's convs on the
+        # larger maps, 500,000 episodes, 15 queries per class in 1-shot and 10 in 5-shot.
+        "mini-imagenet": {"relation_padding": 0, "episodes": 500000},
+        "mini-imagenet/5-way/1-shot": {"train_query": 15},
+        "mini-imagenet/5-way/5-shot": {"train_query": 10},
     }
     hyperparameter_help = {
         "hidden": "filters of every conv block",

@@ -79,6 +79,8 @@ class Reptile(Algorithm):
               "train_query": 0},
         # Omniglot: 64 filters, stride-2 convolutions; 5 inner steps, 10 shots per class.
         "omniglot": {"hidden": 64, "downsample": "stride", "inner_steps": 5, "train_shot": 10},
+        # mini-ImageNet: the "*" settings, 1-shot and 5-shot alike.
+        "mini-imagenet": {"train_shot": 15, "episodes": 500_000},
         # 20-way: 10 steps of 0.0005 on batches of 20, test batches of 10, 200000 iterations.
         "omniglot/20-way": {"inner_steps": 10, "inner_batch_size": 20, "inner_lr": 5e-4,
                             "test_inner_batch_size": 10, "episodes": 1_000_000},

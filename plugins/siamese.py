@@ -75,9 +75,12 @@ class SiameseNetworks(Algorithm):
               "lr_decay_every": 2000},
         # Many classes per batch so that the "different" pairs are varied (128 pairs, paper).
         "omniglot": {"train_way": 20, "train_query": 5, "episodes": 20000},
+        # The paper has no mini-ImageNet experiment; the same episodes as on Omniglot.
+        "mini-imagenet": {"train_way": 20, "train_query": 5, "episodes": 20000},
     }
     hyperparameter_help = {
-        "backbone": "convolutional tower: conv4 (28 px) or koch (the paper's, 105 px)",
+        "backbone": "convolutional tower: conv4 (28 px), koch (the paper's, 105 px), resnet12 "
+                    "or one a plugin registered",
         "hidden": "channels of each conv block of conv4",
         "embedding": "units of the sigmoid embedding layer (4096 in the paper)",
         "pairs": "same/different training pairs per task, half of each",

@@ -38,7 +38,7 @@ def tiny_omniglot_root(tmp_path_factory) -> Path:
     ``--root`` finds them: enough for the CLI to train, evaluate and draw episodes in seconds."""
     from data.omniglot_fixtures import TINY_CHECKSUMS, make_tiny_omniglot
 
-    from metactl.data.omniglot import build_store
+    from metactl_datasets.omniglot import build_store
 
     root = tmp_path_factory.mktemp("tiny-home")
     layout = make_tiny_omniglot(root)

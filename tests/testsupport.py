@@ -152,3 +152,124 @@ def png_pixels(path: Path):
 
     with Image.open(path) as image:
         return np.asarray(image.convert("RGB"))
+
+
+def jpeg_bytes(rng, side: int = 84, colour=(128, 128, 128), mode: str = "RGB") -> bytes:
+    """A JPEG of ``side`` x ``side`` pixels: ``colour`` plus seeded noise (``rng``: a
+    numpy Generator), so that images of one colour form a learnable class."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    noise = rng.integers(-40, 41, size=(side, side, 3))
+    pixels = np.clip(np.asarray(colour) + noise, 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).convert(mode).save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+
+
+TINY_MINI_IMAGENET = {"train": ["n00000001", "n00000002", "n00000003", "n00000004"],
+                      "val": ["n00000005", "n00000006"], "test": ["n00000007", "n00000008"]}
+MINI_IMAGENET_PARTS = {"train-1.tar.xz": ("train", 0, 2), "train-2.tar.xz": ("train", 2, 4),
+                       "val.tar.xz": ("val", 0, 2), "test.tar.xz": ("test", 0, 2)}
+
+
+def tiny_mini_imagenet_files(per_class: int = 6, seed: int = 0,
+                             classes: dict[str, list[str]] | None = None) -> dict[str, bytes]:
+    """A tiny mini-ImageNet laid out like the mirror: ``splits/ravi/<split>.csv`` and the four
+    tar.xz parts of ``images/<filename>.jpg`` members, by relative path. Eight classes (4/2/2)
+    of ``per_class`` 84x84 JPEGs; each class has its own colour."""
+    import io
+    import tarfile
+
+    import numpy as np
+
+    classes = classes or TINY_MINI_IMAGENET
+    rng = np.random.default_rng(seed)
+    files: dict[str, bytes] = {}
+    images: dict[str, dict[str, bytes]] = {}
+    for split, wnids in classes.items():
+        rows = ["filename,label"]
+        for wnid in wnids:
+            colour = rng.integers(30, 226, size=3)
+            for index in range(per_class):
+                filename = f"{wnid}{index + 1:08d}.jpg"
+                rows.append(f"{filename},{wnid}")
+                images.setdefault(wnid, {})[filename] = jpeg_bytes(rng, colour=colour)
+        files[f"splits/ravi/{split}.csv"] = ("\n".join(rows) + "\n").encode()
+    for part, (split, first, last) in MINI_IMAGENET_PARTS.items():
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w:xz") as bundle:
+            for wnid in classes[split][first:last]:
+                for filename, data in images[wnid].items():
+                    member = tarfile.TarInfo(f"images/{filename}")
+                    member.size = len(data)
+                    bundle.addfile(member, io.BytesIO(data))
+        files[part] = buffer.getvalue()
+    return files
+
+
+def write_files(folder: Path, files: dict[str, bytes]) -> Path:
+    """Write ``files`` (relative path -> bytes) under ``folder``; returns ``folder``."""
+    for relative, data in files.items():
+        path = folder / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return folder
+
+
+def one_line_error(result: subprocess.CompletedProcess) -> str:
+    """The ``Error: ...`` line of a failed command, checking that the exit status is non-zero,
+    that no traceback escaped and that the error is one line, the last on stderr (progress
+    notes may come before it)."""
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("Error: ")]
+    assert errors == lines[-1:], result.stderr
+    return errors[0]
+
+
+def class_folders_of_colours(folder: Path, classes: int, per_class: int, seed: int = 0,
+                             side: int = 40) -> Path:
+    """``classes`` folders of ``per_class`` images each, one colour (plus noise) per class, in
+    mixed formats and sizes (JPEG, PNG; ``side`` to ``2 * side`` pixels): a dataset a model can
+    learn to tell apart in a few steps."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for number in range(classes):
+        colour = rng.integers(20, 236, size=3)
+        target = folder / f"class-{number:02d}"
+        target.mkdir(parents=True, exist_ok=True)
+        for index in range(per_class):
+            width = int(rng.integers(side, 2 * side))
+            noise = rng.integers(-30, 31, size=(side, width, 3))
+            pixels = np.clip(colour + noise, 0, 255).astype(np.uint8)
+            suffix = ".png" if index % 2 else ".jpg"
+            Image.fromarray(pixels).save(target / f"image-{index}{suffix}")
+    return folder
+
+
+def install_example(name: str, work: Path) -> Path:
+    """pip-install ``examples/<name>`` into a folder of its own under ``work`` (never into the
+    running environment) and return that folder, for ``PYTHONPATH``. The package is copied first
+    so that pip's in-tree build leaves no ``build/`` folder in the checkout."""
+    import shutil
+
+    source = work / "source"
+    shutil.copytree(REPOSITORY / "examples" / name, source, ignore=shutil.ignore_patterns(
+        "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache"))
+    target = work / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation",
+                    "--no-index", "--disable-pip-version-check", "--quiet", "--target",
+                    str(target), str(source)], check=True, capture_output=True, text=True)
+    return target
+
+
+def with_pythonpath(folder: Path) -> dict[str, str]:
+    """Environment variables that put ``folder`` first on the subprocesses' import path."""
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(folder),
+                                                        os.environ.get("PYTHONPATH")]))}

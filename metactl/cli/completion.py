@@ -10,6 +10,6 @@ def algorithm_names(incomplete: str) -> list[str]:
 
 
 def dataset_names(incomplete: str) -> list[str]:
-    from metactl.data.cards import SYNTHETIC, builtin_cards
+    from metactl.plugins import get_datasets
 
-    return [name for name in sorted({*builtin_cards(), *SYNTHETIC}) if name.startswith(incomplete)]
+    return [name for name in get_datasets().names() if name.startswith(incomplete)]

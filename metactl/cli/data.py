@@ -41,25 +41,37 @@ SizeOption = Annotated[
 @app.command("list")
 def list_command(root: RootOption = None,
                  as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False):
-    """Show the known datasets, where they live and their state."""
+    """Show the registered and imported datasets, their packages, where they live and their
+    state, and the plugins that failed to load."""
     from metactl.data.manage import list_datasets
+    from metactl.plugins import load_plugins
 
     statuses = list_datasets(root)
-    if as_json:
-        print_json([{"name": s.name, "title": s.title, "folder": str(s.folder), "state": s.state,
-                     "download_bytes": s.download_bytes,
-                     "stores": [{"path": str(p), "bytes": n} for p, n in s.stores]}
-                    for s in statuses])
+    failures = load_plugins().failures
+    if as_json:  # broken plugins are in `metactl plugins list --json`
+        print_json([_status_json(status) for status in statuses])
         return
     for status in statuses:
+        if status.state == "synthetic":
+            typer.echo(f"{status.name:<14} {'synthetic':<13} {status.summary}  "
+                       f"[{status.package}]")
+            continue
         typer.echo(f"{status.name:<14} {status.state:<13} downloads "
-                   f"{human_size(status.download_bytes):>9}  {status.folder}")
+                   f"{human_size(status.download_bytes):>9}  {status.folder}  [{status.package}]")
         for path, size in status.stores:
             typer.echo(f"{'':<14} {'store':<13} {human_size(size):>19}  {path.name}")
-    from metactl.data.cards import SYNTHETIC
+    if failures:
+        typer.echo("\nBroken plugins (what they register is unavailable):")
+        for failure in failures:
+            typer.echo(f"  {failure.plugin} [{failure.distribution}]: {failure.error}")
 
-    for name, summary in SYNTHETIC.items():
-        typer.echo(f"{name:<14} {'synthetic':<13} {summary}")
+
+def _status_json(status) -> dict:
+    return {"name": status.name, "title": status.title, "summary": status.summary,
+            "package": status.package, "state": status.state,
+            "folder": str(status.folder) if status.state != "synthetic" else None,
+            "download_bytes": status.download_bytes,
+            "stores": [{"path": str(p), "bytes": n} for p, n in status.stores]}
 
 
 @app.command()
@@ -192,10 +204,39 @@ def show(
         raise UsageError(f"--episode {episode} is outside 0..{episode_set.episodes - 1}",
                          "pick an episode the file has")
     data = open_split(episode_set.dataset, episode_set.split, root=root,
-                      scheme=episode_set.scheme, size=episode_set.size)
+                      scheme=episode_set.scheme, size=episode_set.size).unnormalised()
     batches = episode_set.batches(data)
     for _ in range(episode):
         next(batches)
     save_episode_png(next(batches), output)
     say(f"wrote episode {episode} ({episode_set.way}-way {episode_set.shot}-shot, "
         f"{episode_set.query} queries per class) to {output}")
+
+
+@app.command("import")
+def import_command(
+    folder: Annotated[Path, typer.Argument(help="Folder of class folders (any image format "
+                                           "and size).")],
+    name: Annotated[str, typer.Option("--name", help="Name of the new dataset.")],
+    split_by: Annotated[str, typer.Option("--split-by", help="class: a seeded random split of "
+                                          "the classes; folder: FOLDER/train, val, test hold "
+                                          "the class folders.")] = "class",
+    size: Annotated[int, typer.Option("--size", help="Side of the stored images.")] = 84,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the class split.")] = 0,
+    fractions: Annotated[str, typer.Option("--fractions", help="Shares of the classes for "
+                                           "train, val and test (--split-by class).")
+                         ] = "0.6,0.2,0.2",
+    way: Annotated[int, typer.Option("--way", help="Every split must supply tasks of this "
+                                     "many classes.")] = 5,
+    min_images: Annotated[int, typer.Option("--min-images", help="Images every class needs "
+                                            "at least.")] = 2,
+    root: RootOption = None,
+):
+    """Turn a folder of class folders into a dataset: train, evaluate and predict then work on
+    it like on any other (`metactl train prototypical --dataset NAME`)."""
+    from metactl.data.folders import ImportRequest, import_folder, parse_fractions
+
+    request = ImportRequest(folder, name, split_by, size, seed, parse_fractions(fractions), way,
+                            min_images)
+    store = import_folder(request, root=root, report=say)
+    say(f"imported {folder} as {name}: {store}")

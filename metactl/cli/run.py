@@ -122,7 +122,7 @@ def evaluate(
         check_plottable,
         evaluate_and_record,
         parse_steps,
-        plot_sinusoid,
+        plot_generated_tasks,
     )
     from metactl.fileio import check_output_file
 
@@ -140,7 +140,7 @@ def evaluate(
         return
     step_counts = parse_steps(inner_steps)
     if plot is not None:
-        check_plottable(run)
+        check_plottable(run, root)
         check_output_file(plot, "--plot")
     evaluate_and_record(run, step_counts,
                         lambda results: _show(results, step_counts, settings, as_json),
@@ -148,7 +148,8 @@ def evaluate(
                         episode_file=episode_file, seed=seed, device=device, root=root,
                         settings=settings)
     if plot is not None:
-        plot_sinusoid(run, step_counts, plot, shot=shot, seed=seed, device=device)
+        plot_generated_tasks(run, step_counts, plot, shot=shot, seed=seed, device=device,
+                             root=root)
         say(f"wrote {plot}")
 
 

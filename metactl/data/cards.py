@@ -1,11 +1,10 @@
-"""Dataset cards: YAML files that describe a dataset's sources, geometry and splits."""
+"""Dataset cards: YAML files that describe an image dataset: where its files come from, on what
+terms, what it holds and how its classes are split. ``docs/datasets.md`` documents every key."""
 
 from __future__ import annotations
 
-import difflib
+import re
 from dataclasses import dataclass, field
-from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +13,7 @@ import yaml
 from metactl.errors import DataError, UsageError
 
 SPLIT_NAMES = ("train", "val", "test")
-# Task families generated on the fly: no card, nothing to download.
-SYNTHETIC = {"sinusoid": "sine regression tasks of the MAML paper, generated on the fly"}
+NAME_PATTERN = re.compile(r"^[a-z][a-z0-9-]*$")
 
 
 @dataclass(frozen=True)
@@ -24,15 +22,20 @@ class Source:
 
     ``content_sha256`` (archives only) is the digest of the official extracted files, checked
     at every extraction (see :func:`metactl.data.archive.safe_extract`), so that an archive a
-    mirror rebuilt is accepted only with the official content."""
+    mirror rebuilt is accepted only with the official content.
+
+    ``mirror_only`` marks a file that no public host serves (mini-ImageNet's images, under
+    ImageNet's terms): it is fetched from a mirror only, and ``url`` may be empty.
+    """
 
     path: str
-    url: str
+    url: str = ""
     md5: str | None = None
     sha256: str | None = None
     size: int | None = None
     extract: bool = False
     content_sha256: str | None = None
+    mirror_only: bool = False
 
     @property
     def checksums(self) -> dict[str, str]:
@@ -53,19 +56,30 @@ class Geometry:
 
 @dataclass(frozen=True)
 class Content:
-    """What a complete extraction holds."""
+    """What a complete dataset holds; checked before a store is built.
 
-    groups: int
+    Attributes:
+        classes: classes in all splits together.
+        images_per_class: images in every class, when they all have the same number.
+        images: images in all.
+        groups: groups of classes (Omniglot's alphabets), when the dataset has them.
+    """
+
     classes: int
-    images_per_class: int
+    images_per_class: int | None = None
+    images: int | None = None
+    groups: int | None = None
 
 
 @dataclass(frozen=True)
 class SplitScheme:
     """A way of dividing the classes into train / val / test.
 
-    ``lists`` maps a split to a class-list file (one ``group/class/rotDDD`` per line);
-    ``folders`` maps a split to an extracted top folder whose classes all belong to it.
+    ``lists`` maps a split to a file among the downloads that lists its classes or images, in
+    a format the dataset's builder reads (Omniglot: ``Alphabet/characterNN/rotDDD`` lines;
+    mini-ImageNet: ``filename,label`` CSV rows); ``folders`` maps a split to an extracted
+    folder whose class folders all belong to it. ``classes`` gives the expected class count of
+    each split; ``rotations`` turn every stored class into one sampling class per angle.
     """
 
     name: str
@@ -77,25 +91,32 @@ class SplitScheme:
 
     @property
     def split_names(self) -> tuple[str, ...]:
-        names = set(self.lists) | set(self.folders)
+        names = set(self.lists) | set(self.folders) | set(self.classes)
         return tuple(name for name in SPLIT_NAMES if name in names)
 
 
 @dataclass(frozen=True)
 class DatasetCard:
+    """A parsed card. ``terms`` states the conditions of use where they go beyond the licence
+    (mini-ImageNet: ImageNet's non-commercial research terms); fetching prints them."""
+
     name: str
     title: str
     summary: str
     homepage: str
     licence: str
     citation: str
-    builder: str
     sources: tuple[Source, ...]
     geometry: Geometry
     content: Content
     splits: dict[str, SplitScheme]
     default_split: str
+    terms: str = ""
     file: str = ""
+
+    @property
+    def mirror_only(self) -> tuple[Source, ...]:
+        return tuple(source for source in self.sources if source.mirror_only)
 
     def split_scheme(self, name: str | None) -> SplitScheme:
         name = name or self.default_split
@@ -134,53 +155,74 @@ class _Reader:
 
 
 def parse_card(data: Any, file: str) -> DatasetCard:
-    """Turn the parsed YAML of a card into a :class:`DatasetCard`."""
+    """Turn the parsed YAML of a card into a :class:`DatasetCard`.
+
+    Raises:
+        DataError: naming the file and the key that is missing or wrong.
+    """
     read = _Reader(file)
     top = read.mapping(data, "the card")
+    name = read.get(top, "name", str)
+    if not NAME_PATTERN.match(name):
+        raise read.fail("name", f"{name!r} must be lower-case letters, digits and dashes")
     sources = tuple(_parse_source(read, item, index) for index, item in
                     enumerate(read.get(top, "sources", list)))
-    geometry_data = read.mapping(read.get(top, "geometry", dict), "geometry")
-    geometry = Geometry(**{key: read.get(geometry_data, key, int, "geometry.")
-                           for key in ("channels", "height", "width", "default_size")},
-                        invert=read.get(geometry_data, "invert", bool, "geometry.",
-                                        default=False))
-    content_data = read.get(top, "content", dict)
-    content = Content(**{key: read.get(content_data, key, int, "content.")
-                         for key in ("groups", "classes", "images_per_class")})
     splits = {name: _parse_scheme(read, name, value)
               for name, value in read.get(top, "splits", dict).items()}
     default_split = read.get(top, "default_split", str)
     if default_split not in splits:
-        raise read.fail("default_split", f"must be one of {', '.join(splits)}")
+        raise read.fail("default_split", f"must be one of {', '.join(splits) or 'the splits'}")
     return DatasetCard(
-        name=read.get(top, "name", str),
+        name=name,
         title=read.get(top, "title", str),
         summary=read.get(top, "summary", str),
-        homepage=read.get(top, "homepage", str),
+        homepage=read.get(top, "homepage", str, default=""),
         licence=read.get(top, "licence", str),
         citation=read.get(top, "citation", str),
-        builder=read.get(top, "builder", str),
         sources=sources,
-        geometry=geometry,
-        content=content,
+        geometry=_parse_geometry(read, read.get(top, "geometry", dict)),
+        content=_parse_content(read, read.get(top, "content", dict)),
         splits=splits,
         default_split=default_split,
+        terms=read.get(top, "terms", str, default=""),
         file=file,
     )
+
+
+def _parse_geometry(read: _Reader, data: dict[str, Any]) -> Geometry:
+    sides = {key: read.get(data, key, int, "geometry.")
+             for key in ("channels", "height", "width", "default_size")}
+    if sides["channels"] not in (1, 3):
+        raise read.fail("geometry.channels", "must be 1 (grayscale) or 3 (RGB)")
+    for key, value in sides.items():
+        if value < 1:
+            raise read.fail(f"geometry.{key}", "must be positive")
+    return Geometry(**sides, invert=read.get(data, "invert", bool, "geometry.", default=False))
+
+
+def _parse_content(read: _Reader, data: dict[str, Any]) -> Content:
+    optional = {key: read.get(data, key, int, "content.", default=None)
+                for key in ("images_per_class", "images", "groups")}
+    return Content(classes=read.get(data, "classes", int, "content."), **optional)
 
 
 def _parse_source(read: _Reader, item: Any, index: int) -> Source:
     prefix = f"sources[{index}]."
     data = read.mapping(item, prefix.rstrip("."))
+    mirror_only = read.get(data, "mirror_only", bool, prefix, default=False)
     source = Source(
         path=read.get(data, "path", str, prefix),
-        url=read.get(data, "url", str, prefix),
+        url=read.get(data, "url", str, prefix, default=""),
         md5=read.get(data, "md5", str, prefix, default=None),
         sha256=read.get(data, "sha256", str, prefix, default=None),
         size=read.get(data, "size", int, prefix, default=None),
         extract=read.get(data, "extract", bool, prefix, default=False),
         content_sha256=read.get(data, "content_sha256", str, prefix, default=None),
+        mirror_only=mirror_only,
     )
+    if not source.url and not mirror_only:
+        raise read.fail(prefix + "url", "is missing (a file no public host serves needs "
+                        "mirror_only: true)")
     if not source.checksums:
         raise read.fail(prefix + "md5", "or sha256 is required")
     if Path(source.path).is_absolute() or ".." in Path(source.path).parts:
@@ -199,15 +241,20 @@ def _parse_scheme(read: _Reader, name: str, value: Any) -> SplitScheme:
     for split in [*lists, *folders]:
         if split not in SPLIT_NAMES:
             raise read.fail(f"{prefix}{split}", f"is not a split; use {', '.join(SPLIT_NAMES)}")
-    if not lists and not folders:
+    classes = read.get(data, "classes", dict, prefix, default={})
+    if not lists and not folders and not classes:
         raise read.fail(prefix + "lists", "or folders is required")
+    for split in classes:
+        if split not in SPLIT_NAMES:
+            raise read.fail(f"{prefix}classes.{split}",
+                            f"is not a split; use {', '.join(SPLIT_NAMES)}")
     return SplitScheme(
         name=name,
         summary=read.get(data, "summary", str, prefix, default=""),
         rotations=rotations,
         lists=dict(lists),
         folders=dict(folders),
-        classes=dict(read.get(data, "classes", dict, prefix, default={})),
+        classes=dict(classes),
     )
 
 
@@ -220,26 +267,9 @@ def load_card(path: Path) -> DatasetCard:
     return parse_card(data, str(path))
 
 
-@lru_cache(maxsize=1)
-def builtin_cards() -> dict[str, DatasetCard]:
-    """The cards shipped in ``datasets/``, by name."""
-    cards = {}
-    for entry in resources.files("metactl_datasets").iterdir():
-        if entry.name.endswith(".yaml"):
-            with resources.as_file(entry) as path:
-                card = load_card(Path(path))
-            cards[card.name] = card
-    return cards
+def get_card(name: str, root: str | Path | None = None) -> DatasetCard:
+    """The card of the image dataset called ``name`` (registered by a plugin, or imported into
+    the data root), or an error suggesting the nearest known name."""
+    from metactl.data.manage import image_dataset
 
-
-def get_card(name: str) -> DatasetCard:
-    """The card called ``name``, or an error suggesting the nearest known name."""
-    cards = builtin_cards()
-    if name in cards:
-        return cards[name]
-    if name in SYNTHETIC:
-        raise UsageError(f"{name} is generated on the fly and has no files to fetch or inspect",
-                         f"train on it directly, e.g. `metactl train maml --dataset {name}`")
-    close = difflib.get_close_matches(name, [*cards, *SYNTHETIC], n=1)
-    hint = f"did you mean {close[0]!r}?" if close else f"known datasets: {', '.join(sorted(cards))}"
-    raise UsageError(f"unknown dataset {name!r}", hint)
+    return image_dataset(name, root).card

@@ -9,7 +9,8 @@ numbered from 0. An episode is therefore ``way`` class numbers and, for each cla
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,10 @@ from metactl.errors import DataError, UsageError
 
 EPISODE_FORMAT = "metactl-episodes"
 EPISODE_VERSION = 1
+
+Augmentation = Callable[[Tensor, torch.Generator], Tensor]
+"""Transforms sampled pixels in [0, 1], (tasks, way, images, C, H, W), drawing its randomness
+from the sampler's generator; applied before normalisation, in training only."""
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,8 @@ class SplitData:
         rotations: angles in degrees; each stored class yields one sampling class per angle.
         name: the split's name (train / val / test).
         fingerprint: the store's content checksum, recorded in episode files.
+        normalisation: per-channel (mean, std) in [0, 1] units that sampled images are
+            normalised with (the train split's statistics, recorded in the store), or None.
     """
 
     images: Tensor
@@ -44,6 +51,7 @@ class SplitData:
     rotations: tuple[int, ...] = (0,)
     name: str = ""
     fingerprint: str = ""
+    normalisation: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     @property
     def stored_classes(self) -> int:
@@ -73,13 +81,15 @@ class SplitData:
             raise DataError(f"splits {self.name!r} and {other.name!r} hold different images",
                             "rebuild the store with `metactl data preprocess`")
         offsets = torch.cat([self.offsets[:-1], other.offsets + self.offsets[-1]])
-        return SplitData(torch.cat([self.images, other.images]), offsets,
-                         self.class_names + other.class_names, self.rotations, name,
-                         self.fingerprint)
+        return replace(self, images=torch.cat([self.images, other.images]), offsets=offsets,
+                       class_names=self.class_names + other.class_names, name=name)
 
     def to(self, device: torch.device | str) -> SplitData:
-        return SplitData(self.images.to(device), self.offsets.to(device), self.class_names,
-                         self.rotations, self.name, self.fingerprint)
+        return replace(self, images=self.images.to(device), offsets=self.offsets.to(device))
+
+    def unnormalised(self) -> SplitData:
+        """The same split, sampled as plain [0, 1] pixels (to look at them)."""
+        return replace(self, normalisation=None)
 
 
 @dataclass(frozen=True)
@@ -146,12 +156,15 @@ class EpisodeSampler:
         split: the images; move it to the GPU first (``split.to("cuda")``) to sample there.
         way, shot, query: the task shape.
         seed: seeds the generator.
+        augmentation: applied to every sampled batch (training only).
     """
 
-    def __init__(self, split: SplitData, way: int, shot: int, query: int, seed: int = 0) -> None:
+    def __init__(self, split: SplitData, way: int, shot: int, query: int, seed: int = 0,
+                 augmentation: Augmentation | None = None) -> None:
         check_task_shape(split, way, shot, query)
         self.split = split
         self.way, self.shot, self.query = way, shot, query
+        self.augmentation = augmentation
         self.generator = torch.Generator().manual_seed(seed)
         self._counts = split.counts.cpu()
         self._offsets = split.offsets.cpu()
@@ -180,11 +193,14 @@ class EpisodeSampler:
     def gather(self, classes: Tensor, images: Tensor) -> TaskBatch:
         """Build a :class:`TaskBatch` from class numbers (tasks, way) and image numbers
         (tasks, way, shot + query)."""
-        return gather_tasks(self.split, classes, images, self.shot, self.query)
+        augment = None
+        if self.augmentation is not None:
+            augment = lambda pixels: self.augmentation(pixels, self.generator)  # noqa: E731
+        return gather_tasks(self.split, classes, images, self.shot, self.query, augment)
 
 
-def gather_tasks(split: SplitData, classes: Tensor, images: Tensor, shot: int, query: int
-                 ) -> TaskBatch:
+def gather_tasks(split: SplitData, classes: Tensor, images: Tensor, shot: int, query: int,
+                 augment: Callable[[Tensor], Tensor] | None = None) -> TaskBatch:
     tasks, way = classes.shape
     turns = len(split.rotations)
     stored, turn = classes // turns, classes % turns
@@ -200,6 +216,12 @@ def gather_tasks(split: SplitData, classes: Tensor, images: Tensor, shot: int, q
         pixels = pixels.unsqueeze(3)
     pixels = _rotate(pixels, turn.to(pixels.device), split.rotations)
     pixels = pixels.float().div_(255.0)
+    if augment is not None:
+        pixels = augment(pixels)
+    if split.normalisation is not None:
+        mean, std = (torch.tensor(values, device=pixels.device).view(-1, 1, 1)
+                     for values in split.normalisation)
+        pixels = pixels.sub_(mean).div_(std)
     labels = torch.arange(way, device=pixels.device).view(1, way, 1)
     support_labels = labels.expand(tasks, way, shot).reshape(tasks, way * shot)
     query_labels = labels.expand(tasks, way, query).reshape(tasks, way * query)

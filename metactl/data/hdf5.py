@@ -2,7 +2,9 @@
 
 ```
 /                       attrs: format, format_version, fingerprint, metactl_version, created,
-                               dataset, scheme, size, source_checksums (JSON), preprocessing, ...
+                               dataset, scheme, size, source_checksums (JSON), preprocessing,
+                               normalisation (JSON: per-channel mean and std of the train
+                               split, in [0, 1] units; RGB stores), ...
 /<split>/images         uint8, (images, height, width) or (images, height, width, channels),
                         sorted by class
 /<split>/offsets        int64, (classes + 1,); class i is images[offsets[i]:offsets[i+1]]
@@ -212,7 +214,16 @@ class Store:
             class_names = tuple(group["class_names"].asstr()[...].tolist())
             rotations = tuple(int(angle) for angle in group.attrs["rotations"])
         self._check_consistent(name, images, offsets, class_names)
-        return SplitData(images, offsets, class_names, rotations, name, self.fingerprint)
+        return SplitData(images, offsets, class_names, rotations, name, self.fingerprint,
+                         self.normalisation)
+
+    @property
+    def normalisation(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+        """Per-channel (mean, std) in [0, 1] units, when the store records them."""
+        recorded = self.attrs.get("normalisation")
+        if not isinstance(recorded, dict):
+            return None
+        return tuple(recorded["mean"]), tuple(recorded["std"])
 
     def verify(self) -> None:
         """Recompute the content fingerprint and raise :class:`DataError` if it differs."""

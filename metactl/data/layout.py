@@ -4,6 +4,7 @@
 <root>/<dataset>/downloads/<source path>      as fetched (archives, split lists)
 <root>/<dataset>/extracted/<archive top folder>/...
 <root>/<dataset>/<dataset>-<scheme>-<size>.h5  the HDF5 store
+<root>/<dataset>/card.yaml                      the card of a dataset made by `data import`
 ```
 """
 
@@ -19,6 +20,8 @@ from metactl.data.cards import DatasetCard
 class DatasetLayout:
     root: Path
     card: DatasetCard
+
+    IMPORTED_CARD = "card.yaml"
 
     @property
     def folder(self) -> Path:

@@ -50,13 +50,20 @@ ENGINE_DEFAULTS: dict[str, Any] = {
     "deterministic": None,
     "cuda_graphs": None,
     "logger": None,
+    "augment": False,
 }
 
-# Settings a dataset implies, between the engine's defaults and the algorithm's.
-DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
-    # MAML section 5.1: K = 10 support points; the query points score the adapted model.
-    "sinusoid": {"way": 1, "train_way": 1, "shot": 10, "query": 10, "val_episodes": 100},
-}
+
+def dataset_settings(dataset: str) -> dict[str, Any]:
+    """Settings a registered task family implies (sinusoid: way 1, shot 10...), applied
+    between the engine's defaults and the algorithm's; none for image datasets."""
+    from metactl.plugins import get_datasets
+
+    registry = get_datasets()
+    if dataset not in registry:
+        return {}
+    return dict(getattr(registry.get(dataset), "settings", {}))
+
 
 ENGINE_HELP = {
     "dataset": "dataset name (metactl data list)",
@@ -95,6 +102,8 @@ ENGINE_HELP = {
     "amp": "mixed precision: auto (bf16 where the CPU or GPU computes it natively, else fp32), "
            "bf16, fp16 (CUDA) or none (default: the algorithm's choice)",
     "logger": "metrics loggers besides metrics.jsonl, comma-separated: csv, tensorboard",
+    "augment": "augment training images: random crop with 8 px padding, horizontal flip, "
+               "colour jitter (never at evaluation)",
 }
 
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
@@ -175,7 +184,7 @@ def resolve_config(algorithm_name: str, defaults: Mapping[str, Mapping[str, Any]
                              _nearest_key_hint(key, allowed, algorithm_name))
     _check_values(chosen, defaults)
     probe = {**ENGINE_DEFAULTS, **chosen}
-    config = {**ENGINE_DEFAULTS, **DATASET_DEFAULTS.get(probe["dataset"], {}),
+    config = {**ENGINE_DEFAULTS, **dataset_settings(str(probe["dataset"])),
               **algorithm_defaults(defaults, probe["dataset"], int(probe["way"]),
                                    int(probe["shot"])),
               **chosen}
@@ -234,6 +243,9 @@ def _check_config(config: dict[str, Any]) -> None:
     if config["device"] not in ("auto", "cpu", "cuda") and not str(config["device"]).startswith(
             "cuda:"):
         raise UsageError(f"unknown device {config['device']!r}", "use auto, cpu or cuda")
+    if not isinstance(config["augment"], bool):
+        raise UsageError(f"setting augment must be true or false, got {config['augment']!r}",
+                         "pass --set augment=true")
     if config["amp"] not in (None, "auto", "none", "bf16", "fp16"):
         raise UsageError(f"unknown mixed-precision mode {config['amp']!r}",
                          "use auto, bf16, fp16 or none")

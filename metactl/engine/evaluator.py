@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +17,9 @@ from metactl.errors import UsageError
 if TYPE_CHECKING:
     from metactl.algorithm import Algorithm
     from metactl.data.episodes import EpisodeSet, SplitData, TaskBatch
+    from metactl.dataset import TaskFamily
     from metactl.engine.device import Placement
+    from metactl.engine.run import TrainedModel
 
 # Student's t is within 0.1% of the normal quantile beyond a few hundred episodes; papers use 1.96.
 Z_95 = 1.96
@@ -78,27 +80,35 @@ def evaluate_episodes(algorithm: Algorithm, model: torch.nn.Module, split: Split
                             episodes.query, episodes.split)
 
 
-def regression_errors(algorithm: Algorithm, model: torch.nn.Module, batches: list[TaskBatch],
-                      placement: Placement | None = None) -> torch.Tensor:
-    """Query mean squared error of every task, (tasks,), after adapting on its support set."""
+def task_scores(algorithm: Algorithm, model: torch.nn.Module, batches: list[TaskBatch],
+                placement: Placement | None = None) -> tuple[torch.Tensor, str]:
+    """The query score of every task, (tasks,), after adapting on its support set, and its
+    name: accuracy for integer labels, mean squared error for float targets (regression)."""
     autocast = placement.autocast() if placement is not None else contextlib.nullcontext()
     gradients = algorithm.gradient_mode()
-    errors = []
+    scores, metric = [], "accuracy"
     with gradients, autocast:
         for batch in batches:
             predictions = algorithm.predict(model, support_of(batch), batch.query_images)
-            squared = (predictions.detach().float() - batch.query_labels).pow(2)
-            errors.append(squared.flatten(1).mean(1).cpu())
-    return torch.cat(errors)
+            if batch.query_labels.is_floating_point():
+                squared = (predictions.detach().float() - batch.query_labels).pow(2)
+                scores.append(squared.flatten(1).mean(1).cpu())
+                metric = "mse"
+            else:
+                correct = predictions.argmax(-1) == batch.query_labels
+                scores.append(correct.float().mean(dim=1).cpu())
+    return torch.cat(scores), metric
 
 
-def evaluate_regression(algorithm: Algorithm, model: torch.nn.Module, batches: list[TaskBatch],
-                        placement: Placement | None = None, split: str = "val"
-                        ) -> EvaluationResult:
-    mean, ci95 = confidence_interval(regression_errors(algorithm, model, batches, placement))
+def evaluate_batches(algorithm: Algorithm, model: torch.nn.Module, batches: list[TaskBatch],
+                     placement: Placement | None = None, split: str = "val"
+                     ) -> EvaluationResult:
+    """Mean score with its 95% interval over fixed task batches (a task family's tasks)."""
+    scores, metric = task_scores(algorithm, model, batches, placement)
+    mean, ci95 = confidence_interval(scores)
     first = batches[0]
-    return EvaluationResult(mean, ci95, len(batches), first.way, first.shot, first.query, split,
-                            metric="mse")
+    return EvaluationResult(mean, ci95, len(scores), first.way, first.shot, first.query, split,
+                            metric=metric)
 
 
 def evaluate_run(run_path: Path, *, episodes: int | None = None, way: int | None = None,
@@ -111,7 +121,7 @@ def evaluate_run(run_path: Path, *, episodes: int | None = None, way: int | None
     ``inner_steps`` replaces the algorithm's number of inner gradient steps at test time,
     ``settings`` any evaluation-time setting (``evaluate --set``), ``algorithm`` the registered
     class (for runs of an unregistered one)."""
-    from metactl.data.manage import draw_episodes, open_split
+    from metactl.data.manage import draw_episodes, find_dataset, open_split
     from metactl.engine.run import load_trained
     from metactl.errors import check_positive
 
@@ -120,14 +130,13 @@ def evaluate_run(run_path: Path, *, episodes: int | None = None, way: int | None
         _refuse_with_episode_file(episodes=episodes, way=way, shot=shot, query=query, seed=seed)
     trained = load_trained(run_path, device, algorithm=algorithm, settings=settings)
     if inner_steps is not None:
-        from metactl.engine.sinusoid_report import with_steps
-
         trained = with_steps(trained, inner_steps)
     config = trained.config
-    if config["dataset"] == "sinusoid":
-        _refuse_for_regression(episode_file=episode_file, way=way)
-        return _evaluate_sinusoid(trained, episodes=episodes, shot=shot, query=query, seed=seed,
-                                  device=device)
+    dataset = find_dataset(config["dataset"], root)
+    if dataset.generates_tasks:
+        _refuse_for_generated_tasks(dataset.name, episode_file=episode_file, way=way)
+        return _evaluate_generated(trained, dataset, episodes=episodes, shot=shot, query=query,
+                                   seed=seed, device=device)
     if episode_file is not None:
         episode_set = _episode_file_for(episode_file, config)
     else:
@@ -158,12 +167,13 @@ def _refuse_with_episode_file(**options: int | None) -> None:
                          "`metactl data split`")
 
 
-def _refuse_for_regression(**options: Any) -> None:
+def _refuse_for_generated_tasks(family: str, **options: Any) -> None:
     given = [f"--{name.replace('_', '-')}" for name, value in options.items()
              if value is not None]
     if given:
-        raise UsageError(f"{', '.join(given)} does not apply to a sinusoid regression run",
-                         "its tasks are drawn from the sinusoid family; drop the option")
+        raise UsageError(f"{', '.join(given)} does not apply to a run on {family}, whose tasks "
+                         "are generated", f"its tasks are drawn from the {family} family; drop "
+                         "the option")
 
 
 def _episode_file_for(path: Path, config: dict[str, Any]) -> EpisodeSet:
@@ -186,19 +196,36 @@ def _episode_file_for(path: Path, config: dict[str, Any]) -> EpisodeSet:
     return episode_set
 
 
-def sinusoid_test_tasks(config: dict[str, Any], episodes: int | None, shot: int | None,
-                        query: int | None, seed: int | None, device: torch.device
-                        ) -> list[TaskBatch]:
-    """The fixed sinusoid test tasks: seeded by ``eval_seed`` unless ``seed`` is given."""
-    from metactl.data.sinusoid import SinusoidSampler
-
-    sampler = SinusoidSampler(shot or int(config["shot"]), query or int(config["query"]),
-                              seed=int(config["eval_seed"]) if seed is None else seed,
-                              device=device)
-    return sampler.fixed(episodes or int(config["eval_episodes"]))
+def generated_test_tasks(family: TaskFamily, config: dict[str, Any], episodes: int | None,
+                         shot: int | None, query: int | None, seed: int | None,
+                         device: torch.device) -> list[TaskBatch]:
+    """The fixed test tasks of a task family: seeded by ``eval_seed`` unless ``seed`` is given,
+    one task per batch."""
+    sampler = family.sampler(shot or int(config["shot"]), query or int(config["query"]),
+                             int(config["eval_seed"]) if seed is None else seed, device)
+    return [sampler.sample(1) for _ in range(episodes or int(config["eval_episodes"]))]
 
 
-def _evaluate_sinusoid(trained, *, episodes, shot, query, seed, device) -> EvaluationResult:
+def _evaluate_generated(trained: TrainedModel, family: TaskFamily, *, episodes, shot, query,
+                        seed, device) -> EvaluationResult:
     placement = trained.placement(device)
-    batches = sinusoid_test_tasks(trained.config, episodes, shot, query, seed, placement.device)
-    return evaluate_regression(trained.algorithm, trained.model, batches, placement, "test")
+    batches = generated_test_tasks(family, trained.config, episodes, shot, query, seed,
+                                   placement.device)
+    return evaluate_batches(trained.algorithm, trained.model, batches, placement, "test")
+
+
+def steps_setting(trained: TrainedModel) -> str:
+    setting = trained.algorithm.test_steps_setting
+    if setting is None:
+        from metactl.errors import UsageError
+
+        raise UsageError(f"{trained.algorithm.name} has no inner gradient steps to vary",
+                         "use --inner-steps with a gradient-based algorithm such as maml")
+    return setting
+
+
+def with_steps(trained: TrainedModel, steps: int) -> TrainedModel:
+    """A copy whose algorithm takes ``steps`` inner steps at test time."""
+    algorithm = type(trained.algorithm)({**trained.algorithm.hparams,
+                                         steps_setting(trained): steps})
+    return replace(trained, algorithm=algorithm)

@@ -4,7 +4,8 @@ The support folder holds one subfolder per class; the subfolder names (sorted) a
 names. Images of any format and size Pillow reads are converted the way the training data was
 packed: 8-bit grayscale for one channel or RGB for three, resized to the run's height and width
 with Lanczos, inverted when the dataset was (Omniglot is stored as white ink on black, so a
-black-on-white drawing must be inverted) and scaled to [0, 1].
+black-on-white drawing must be inverted), scaled to [0, 1] and, when the run's store recorded
+per-channel statistics (RGB datasets such as mini-ImageNet), normalised with them.
 """
 
 from __future__ import annotations
@@ -12,15 +13,14 @@ from __future__ import annotations
 import csv
 import io
 import json
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
 
+from metactl.data.images import image_suffixes, images_under, read_image
 from metactl.engine.run import write_text_atomic
 from metactl.errors import DataError, PluginError, UsageError
 
@@ -30,12 +30,13 @@ if TYPE_CHECKING:
 
     from metactl.algorithm import Algorithm
 
+    Normalisation = tuple[tuple[float, ...], tuple[float, ...]] | None
+
 QUERY_CHUNK = 256
 """Queries classified per forward pass; bounds memory for folders of thousands of images."""
 
 SUPPORT_HINT = "give --support a folder with one subfolder of images per class"
 QUERY_HINT = "pass --query with an image or a folder of images (PNG, JPEG, any format Pillow reads)"
-IMAGE_HINT = "replace or remove the file; PNG, JPEG or any format Pillow reads will do"
 OUTPUT_FORMATS = (".csv", ".json")
 
 
@@ -56,23 +57,6 @@ class Prediction:
     probabilities: dict[str, float]
 
 
-def image_suffixes() -> frozenset[str]:
-    """File extensions Pillow can open (``.png``, ``.jpg``, ...), lower case."""
-    Image.init()
-    return frozenset(Image.registered_extensions())
-
-
-def _is_image_file(path: Path, suffixes: frozenset[str]) -> bool:
-    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in suffixes
-
-
-def _images_under(folder: Path, suffixes: frozenset[str]) -> list[Path]:
-    """Image files under ``folder`` at any depth, sorted, hidden files and folders skipped."""
-    return sorted(path for path in folder.rglob("*")
-                  if _is_image_file(path, suffixes)
-                  and not any(part.startswith(".") for part in path.relative_to(folder).parts))
-
-
 def load_image(path: Path, image_shape: Sequence[int], invert: bool) -> np.ndarray:
     """Read one image as the training data was packed.
 
@@ -88,41 +72,22 @@ def load_image(path: Path, image_shape: Sequence[int], invert: bool) -> np.ndarr
     if channels not in (1, 3):
         raise DataError(f"the run's images have {channels} channels",
                         "prediction reads grayscale (1) or RGB (3) images only")
-    mode = "L" if channels == 1 else "RGB"
-    try:
-        with warnings.catch_warnings():
-            # Large photos are fine here (they are resized); Pillow still refuses real bombs.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as opened:
-                image = _flatten_transparency(ImageOps.exif_transpose(opened)).convert(mode)
-    except UnidentifiedImageError:
-        raise DataError(f"{path} is not an image Pillow can read", IMAGE_HINT) from None
-    except (OSError, ValueError, Image.DecompressionBombError) as error:
-        raise DataError(f"cannot read image {path} ({error})", IMAGE_HINT) from None
-    if image.size != (width, height):
-        image = image.resize((width, height), Image.Resampling.LANCZOS)
-    pixels = np.asarray(image, dtype=np.uint8)
-    if invert:
-        pixels = 255 - pixels
+    pixels = read_image(Path(path), (height, width), channels, invert)
     pixels = pixels[:, :, None] if pixels.ndim == 2 else pixels
     return pixels.transpose(2, 0, 1).astype(np.float32) / 255.0
 
 
-def _flatten_transparency(image: Image.Image) -> Image.Image:
-    """Paint transparent pixels white: a drawing saved with a transparent background would
-    otherwise turn black, the colour of ink."""
-    if "A" not in image.getbands() and "transparency" not in image.info:
-        return image
-    rgba = image.convert("RGBA")
-    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-    return Image.alpha_composite(background, rgba)
-
-
-def _stack(paths: Sequence[Path], image_shape: Sequence[int], invert: bool) -> Tensor:
-    """(1, len(paths), channels, height, width) float32."""
+def _stack(paths: Sequence[Path], image_shape: Sequence[int], invert: bool,
+           normalisation: Normalisation = None) -> Tensor:
+    """(1, len(paths), channels, height, width) float32, normalised as the training images
+    were when ``normalisation`` (per-channel mean and std) is given."""
     import torch
 
-    return torch.from_numpy(np.stack([load_image(p, image_shape, invert) for p in paths]))[None]
+    images = torch.from_numpy(np.stack([load_image(p, image_shape, invert) for p in paths]))[None]
+    if normalisation is not None:
+        mean, std = (torch.tensor(values).view(-1, 1, 1) for values in normalisation)
+        images = (images - mean) / std
+    return images
 
 
 def _class_folders(folder: Path) -> list[Path]:
@@ -139,17 +104,18 @@ def _class_folders(folder: Path) -> list[Path]:
     return classes
 
 
-def load_support_folder(folder: Path, image_shape: Sequence[int],
-                        invert: bool) -> tuple[Tensor, Tensor, list[str]]:
+def load_support_folder(folder: Path, image_shape: Sequence[int], invert: bool,
+                        normalisation: Normalisation = None) -> tuple[Tensor, Tensor, list[str]]:
     """Read a support set of one subfolder per class.
 
     Args:
         folder: holds one subfolder per class, each with at least one image (at any depth).
         image_shape: (channels, height, width) of the run.
         invert: whether the run's dataset was inverted when packed.
+        normalisation: per-channel (mean, std) the run's training images were normalised with.
 
     Returns:
-        images: float32 in [0, 1], (1, support, channels, height, width).
+        images: float32, (1, support, channels, height, width), in [0, 1] unless normalised.
         labels: int64, (1, support), the index of each image's class in ``class_names``.
         class_names: the subfolder names, sorted.
     """
@@ -161,13 +127,13 @@ def load_support_folder(folder: Path, image_shape: Sequence[int],
     labels: list[int] = []
     classes = _class_folders(folder)
     for label, class_folder in enumerate(classes):
-        images = _images_under(class_folder, suffixes)
+        images = images_under(class_folder, suffixes)
         if not images:
             raise DataError(f"class folder {class_folder} holds no images",
                             "put at least one image in every class folder, or remove it")
         paths.extend(images)
         labels.extend([label] * len(images))
-    images = _stack(paths, image_shape, invert)
+    images = _stack(paths, image_shape, invert, normalisation)
     return images, torch.tensor([labels], dtype=torch.int64), [c.name for c in classes]
 
 
@@ -182,7 +148,7 @@ def load_query_paths(paths: Sequence[Path]) -> list[Path]:
         if not path.exists():
             raise UsageError(f"query path {path} does not exist", QUERY_HINT)
         if path.is_dir():
-            found.extend(_images_under(path, suffixes))
+            found.extend(images_under(path, suffixes))
         else:
             found.append(path)
     if not found:
@@ -231,7 +197,9 @@ def predict(run_path: Path, support: Path, queries: Sequence[Path], device: str 
                          f"evaluate it with `metactl evaluate {run_path}`")
     invert = bool(trained.checkpoint.get("invert", False))
     query_paths = load_query_paths(queries)
-    images, labels, class_names = load_support_folder(support, trained.image_shape, invert)
+    normalisation = trained.checkpoint.get("normalisation")
+    images, labels, class_names = load_support_folder(support, trained.image_shape, invert,
+                                                      normalisation)
     target = _model_device(trained.model)
     support_set = LabelledImages(images.to(target), labels.to(target), len(class_names))
     algorithm = trained.algorithm
@@ -240,7 +208,7 @@ def predict(run_path: Path, support: Path, queries: Sequence[Path], device: str 
     predictions: list[Prediction] = []
     with gradients:
         for chunk in _chunks(query_paths, chunk_size):
-            query_images = _stack(chunk, trained.image_shape, invert).to(target)
+            query_images = _stack(chunk, trained.image_shape, invert, normalisation).to(target)
             probabilities = algorithm.predict(trained.model, support_set, query_images)
             _check_probabilities(algorithm.name, probabilities, len(chunk), len(class_names))
             predictions.extend(_predictions(chunk, probabilities[0].detach().float().cpu(),

@@ -128,7 +128,7 @@ def evaluate_positions(run_path: Path, positions: tuple[int, ...], *, episodes: 
         raise UsageError(f"{config['algorithm']} does not learn from labelled sequences, so "
                          "it has no accuracy by instance position",
                          "drop --positions, or evaluate a run of an online learner such as mann")
-    if config["dataset"] == "sinusoid":
+    if trained.checkpoint.get("task", "classification") != "classification":
         raise UsageError("--positions needs a classification run",
                          "evaluate a run trained on an image dataset")
     seed = int(config["eval_seed"]) if seed is None else seed

@@ -165,22 +165,31 @@ def parse_steps(text: str | None) -> list[int | None]:
     return steps
 
 
-def check_plottable(run_path: Path) -> None:
-    """Refuse ``--plot`` before any work unless the run is a sinusoid run."""
-    if open_run(run_path).read_config().get("dataset") != "sinusoid":
-        raise UsageError("--plot draws sinusoid tasks, and this run is not on sinusoid",
-                         "drop --plot, or evaluate a run trained with --dataset sinusoid")
+def check_plottable(run_path: Path, root: str | None = None) -> None:
+    """Refuse ``--plot`` before any work unless the run's dataset generates its tasks."""
+    from metactl.data.manage import find_dataset
+
+    name = open_run(run_path).read_config().get("dataset")
+    if not find_dataset(name, root).generates_tasks:
+        raise UsageError(f"--plot draws generated tasks, and this run is on {name} images",
+                         "drop --plot, or evaluate a run trained on a task family such as "
+                         "--dataset sinusoid")
 
 
-def plot_sinusoid(run_path: Path, steps: list[int | None], output: Path, *, shot: int | None,
-                  seed: int | None, device: str | None) -> Path:
+def plot_generated_tasks(run_path: Path, steps: list[int | None], output: Path, *,
+                         shot: int | None, seed: int | None, device: str | None,
+                         root: str | None = None) -> Path:
+    """The run's task family draws one test task and the predictions after each number of
+    inner steps (``metactl evaluate --plot``)."""
+    from metactl.data.manage import find_dataset
     from metactl.engine.run import load_trained
-    from metactl.engine.sinusoid_report import plot_one_task
 
     trained = load_trained(run_path, device)
-    if trained.config["dataset"] != "sinusoid":
-        raise UsageError("--plot draws sinusoid tasks, and this run is not on sinusoid",
-                         "drop --plot, or evaluate a run trained with --dataset sinusoid")
+    dataset = find_dataset(trained.config["dataset"], root)
+    if not dataset.generates_tasks:
+        raise UsageError(f"--plot draws generated tasks, and this run is on {dataset.name} "
+                         "images", "drop --plot, or evaluate a run trained on a task family "
+                         "such as --dataset sinusoid")
     counts = [0, *sorted({count for count in steps if count})] if steps != [None] else [0, 1]
     placement = trained.placement(device)
-    return plot_one_task(trained, counts, output, shot=shot, seed=seed, device=placement.device)
+    return dataset.plot(trained, counts, output, shot=shot, seed=seed, device=placement.device)

@@ -1,20 +1,28 @@
-"""Where a run's tasks come from: an image dataset's store, or a synthetic task family."""
+"""Where a run's tasks come from: an image dataset's store, or a task family's generator."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
 from metactl.algorithm import Algorithm, ModelSpec
+from metactl.data.augment import StandardAugmentation
 from metactl.data.episodes import EpisodeSampler, EpisodeSet, SplitData, TaskBatch, check_task_shape
 from metactl.engine.device import Placement
-from metactl.engine.evaluator import EvaluationResult, evaluate_episodes, evaluate_regression
+from metactl.engine.evaluator import (
+    EvaluationResult,
+    evaluate_batches,
+    evaluate_episodes,
+    generated_test_tasks,
+)
 from metactl.errors import UsageError
 
+if TYPE_CHECKING:
+    from metactl.dataset import TaskFamily
+
 Report = Any
-SYNTHETIC_DATASETS = ("sinusoid",)
 
 
 class TaskSource(Protocol):
@@ -32,6 +40,11 @@ class TaskSource(Protocol):
 def image_shape(split: SplitData) -> tuple[int, int, int]:
     shape = tuple(split.images.shape[1:])
     return (shape[2], shape[0], shape[1]) if len(shape) == 3 else (1, shape[0], shape[1])
+
+
+def augmentation(config: dict[str, Any]) -> StandardAugmentation | None:
+    """The training augmentation a run asks for (``augment: true``), or None."""
+    return StandardAugmentation() if config.get("augment") else None
 
 
 @dataclass
@@ -55,7 +68,8 @@ class ImageTasks:
                               num_train_classes=self.train.num_classes)
         self.sampler = EpisodeSampler(self.train, int(config["train_way"]),
                                       int(config["train_shot"]), int(config["train_query"]),
-                                      seed=int(config["seed"]))
+                                      seed=int(config["seed"]),
+                                      augmentation=augmentation(config))
         if self.val is not None and int(config["val_episodes"]) > 0:
             check_task_shape(self.val, int(config["way"]), int(config["shot"]),
                              int(config["query"]))
@@ -64,6 +78,10 @@ class ImageTasks:
                 way=int(config["way"]), shot=int(config["shot"]), query=int(config["query"]),
                 episodes=int(config["val_episodes"]), seed=int(config["eval_seed"]))
 
+    @property
+    def normalisation(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+        return self.train.normalisation
+
     def validate(self, algorithm, model, placement) -> EvaluationResult | None:
         if self.validation is None:
             return None
@@ -71,49 +89,50 @@ class ImageTasks:
 
 
 @dataclass
-class SinusoidTasks:
-    """Sinusoid regression tasks (MAML, section 5.1); validation on fixed seeded tasks."""
+class GeneratedTasks:
+    """Tasks of a task family (sinusoid regression...); validation on fixed seeded tasks."""
 
     config: dict[str, Any]
     device: torch.device
+    family: TaskFamily
     invert: bool = False
-    higher_is_better: bool = False
     validation: list[TaskBatch] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
-        from metactl.data.sinusoid import SinusoidSampler
-
         config = self.config
-        self.spec = ModelSpec(1, 1, 1, way=1, task="regression")
-        self.sampler = SinusoidSampler(int(config["train_shot"]), int(config["train_query"]),
-                                       seed=int(config["seed"]), device=self.device)
+        self.spec = self.family.model_spec()
+        self.higher_is_better = not self.spec.is_regression
+        self.sampler = self.family.sampler(int(config["train_shot"]), int(config["train_query"]),
+                                           int(config["seed"]), self.device)
+        episodes = int(config["val_episodes"])
         # A seed apart from the test tasks' (eval_seed) so validation never sees them.
-        validation = SinusoidSampler(int(config["shot"]), int(config["query"]),
-                                     seed=int(config["eval_seed"]) + 1, device=self.device)
-        self.validation = validation.fixed(int(config["val_episodes"]))
+        seed = int(config["eval_seed"]) + 1
+        self.validation = generated_test_tasks(self.family, config, episodes, None, None, seed,
+                                               self.device) if episodes else []
 
     def validate(self, algorithm, model, placement) -> EvaluationResult | None:
         if not self.validation:
             return None
-        return evaluate_regression(algorithm, model, self.validation, placement)
+        return evaluate_batches(algorithm, model, self.validation, placement)
 
 
 def load_tasks(config: dict[str, Any], device: torch.device, mirror: str | None,
                root: str | None, report: Report) -> TaskSource:
-    if config["dataset"] == "sinusoid":
-        return SinusoidTasks(config, device)
-    from metactl.data.cards import get_card
-    from metactl.data.manage import open_split
+    from metactl.data.manage import find_dataset, open_split
 
-    card = get_card(config["dataset"])
+    dataset = find_dataset(config["dataset"], root)
+    if dataset.generates_tasks:
+        return GeneratedTasks(config, device, dataset)
+    card = dataset.card
     scheme = card.split_scheme(config["scheme"])
     size = int(config["size"] or card.geometry.default_size)
     train = open_split(card.name, "train", root=root, scheme=scheme.name, size=size, fetch=True,
                        mirror=mirror, report=report)
     val = None
-    if "val" in scheme.split_names:
+    trainval = config["train_split"] == "trainval"
+    if "val" in scheme.split_names and (trainval or int(config["val_episodes"]) > 0):
         val = open_split(card.name, "val", root=root, scheme=scheme.name, size=size)
-    if config["train_split"] == "trainval":
+    if trainval:
         if val is None:
             raise UsageError(f"the {scheme.name} split of {card.name} has no val classes to "
                              "train on", "drop --set train_split=trainval")

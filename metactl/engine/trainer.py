@@ -77,7 +77,7 @@ class Trainer:
         self.spec = self.tasks.spec
         if self.spec.task not in algorithm.tasks:
             raise UsageError(f"{algorithm.name} does not handle {self.spec.task} tasks "
-                             f"({config['dataset']})", "pick an image dataset such as omniglot")
+                             f"({config['dataset']})", "pick an image dataset (metactl data list)")
         self.sampler = self.tasks.sampler
         torch.manual_seed(int(config["seed"]))
         self.model = algorithm.build_model(self.spec).to(self.placement.device)
@@ -109,6 +109,7 @@ class Trainer:
             "num_train_classes": self.spec.num_train_classes,
             "task": self.spec.task,
             "invert": self.tasks.invert,
+            "normalisation": getattr(self.tasks, "normalisation", None),
             "step": self.state.step,
             "train_seconds": self.state.seconds,
             "statistics": self.algorithm.statistics,

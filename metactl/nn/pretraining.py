@@ -28,14 +28,20 @@ if TYPE_CHECKING:
     from metactl.data.episodes import TaskBatch
 
 PRETRAINING_DEFAULTS: dict[str, dict[str, Any]] = {
-    "*": {"backbone": "conv4", "hidden": 64, "optimizer": "adam", "lr": 1e-3,
+    "*": {"backbone": "conv4", "hidden": 64, "dropblock": 0.0, "optimizer": "adam", "lr": 1e-3,
           "lr_decay": 0.5, "lr_decay_every": 2000},
     # Supervised batches of 60 classes x 6 images, the size of Prototypical Networks' episodes.
     "omniglot": {"train_way": 60, "train_query": 5, "episodes": 20000},
+    # mini-ImageNet as Chen et al. (2019) train their Baseline: batches of 16 images, 400
+    # epochs of the 38,400 training images, with standard augmentation.
+    "mini-imagenet": {"train_way": 16, "train_shot": 1, "train_query": 0, "augment": True,
+                      "episodes": 960_000},
 }
 PRETRAINING_HELP = {
-    "backbone": "feature extractor trained as a classifier (conv4)",
+    "backbone": "feature extractor trained as a classifier: conv4, resnet12 (hidden x 1, 2.5, 5, "
+                "10 channels) or one a plugin registered",
     "hidden": "channels of each conv block",
+    "dropblock": "DropBlock rate in resnet12's last two blocks (0: off)",
 }
 
 
@@ -103,7 +109,7 @@ class SupervisedPretraining(Algorithm):
         from metactl.nn.backbones import build_backbone
 
         backbone = build_backbone(self.hparams["backbone"], spec.channels,
-                                  int(self.hparams["hidden"]))
+                                  int(self.hparams["hidden"]), self.hparams)
         return build_classifier(backbone, spec)
 
     def loss(self, model: nn.Module, batch: TaskBatch) -> StepResult:

@@ -44,11 +44,11 @@ def build_siamese_encoder(name: str, channels: int, height: int, width: int, hid
                           ) -> tuple[nn.Module, int]:
     """The convolutional tower and its output size: ``koch`` (the paper's, for >= 105 px
     images) or a shared backbone (``conv4``: 64 features on 28x28 Omniglot)."""
-    from metactl.nn.backbones import BACKBONES, build_backbone, feature_size
+    from metactl.nn.backbones import backbone_names, build_backbone, feature_size
 
-    if name != "koch" and name not in BACKBONES:
+    if name != "koch" and name not in backbone_names():
         raise UsageError(f"unknown siamese backbone {name!r}",
-                         f"use koch or one of {', '.join(BACKBONES)}")
+                         f"use koch or one of {', '.join(backbone_names())}")
     encoder = KochEncoder(channels) if name == "koch" else build_backbone(name, channels, hidden)
     try:
         return encoder, feature_size(encoder, channels, height, width)

@@ -203,7 +203,7 @@ CASES = [
     Case("evaluate negative steps", "evaluate {run} --inner-steps -1", USAGE,
          "must not be negative"),
     Case("evaluate plot of a classifier", "evaluate {run} --plot {tmp}/plot.png", USAGE,
-         "not on sinusoid"),
+         "draws generated tasks"),
     Case("evaluate on cuda without cuda", "evaluate {run} --device cuda", USAGE,
          "CUDA is not available", needs_no_cuda=True),
     Case("evaluate a folder without a run", "evaluate {folder}", USAGE, "not a metactl run"),

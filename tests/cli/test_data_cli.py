@@ -11,8 +11,8 @@ import pytest
 from testsupport import SHARED_DATASETS, run_metactl
 
 COMMANDS = [[], ["data"], ["data", "list"], ["data", "fetch"], ["data", "preprocess"],
-            ["data", "split"], ["data", "info"], ["data", "show"], ["train"], ["evaluate"],
-            ["predict"], ["plugins"], ["plugins", "list"], ["plugins", "info"]]
+            ["data", "import"], ["data", "split"], ["data", "info"], ["data", "show"], ["train"],
+            ["evaluate"], ["predict"], ["plugins"], ["plugins", "list"], ["plugins", "info"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "metactl")

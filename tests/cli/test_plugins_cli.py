@@ -94,8 +94,8 @@ def test_info_as_json_keeps_the_defaults_per_setting():
     details = json.loads(run_metactl("plugins", "info", "prototypical", "--json").stdout)
     assert details["hyperparameters"]["hidden"] == {"defaults": {"*": 64},
                                                     "help": "channels of each conv block"}
-    assert details["engine_settings"]["train_way"]["defaults"] == {"engine": None,
-                                                                   "omniglot": 60}
+    assert details["engine_settings"]["train_way"]["defaults"] == {
+        "engine": None, "omniglot": 60, "mini-imagenet/1-shot": 30, "mini-imagenet/5-shot": 20}
     assert details["device"]["preferred"] == ["cuda", "cpu"]
 
 

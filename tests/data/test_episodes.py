@@ -11,8 +11,8 @@ from omniglot_fixtures import TINY_CHECKSUMS, make_tiny_omniglot
 
 from metactl.data.episodes import EpisodeSampler, EpisodeSet, SplitData, TaskBatch
 from metactl.data.hdf5 import open_store
-from metactl.data.omniglot import build_store
 from metactl.errors import DataError, UsageError
+from metactl_datasets.omniglot import build_store
 
 WAY, SHOT, QUERY = 5, 2, 3
 

@@ -15,8 +15,8 @@ from omniglot_fixtures import TINY_CHECKSUMS, make_tiny_omniglot
 
 import metactl
 from metactl.data.hdf5 import StoreSplit, content_fingerprint, open_store, write_store
-from metactl.data.omniglot import build_store
 from metactl.errors import DataError, UsageError
+from metactl_datasets.omniglot import build_store
 
 ATTRS = {"dataset": "omniglot", "scheme": "vinyals", "size": 28,
          "source_checksums": TINY_CHECKSUMS, "preprocessing": "test"}

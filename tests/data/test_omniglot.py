@@ -23,8 +23,8 @@ from PIL import Image
 from metactl.data.cards import get_card
 from metactl.data.hdf5 import open_store
 from metactl.data.layout import DatasetLayout
-from metactl.data.omniglot import build_store, decode_drawing, validate_extracted
 from metactl.errors import DataError, UsageError
+from metactl_datasets.omniglot import build_store, decode_drawing, validate_extracted
 
 
 @pytest.fixture(scope="module")

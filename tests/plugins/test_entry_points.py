@@ -1,5 +1,6 @@
 """The built-in plugins are declared exactly like third-party ones: the entry points listed in
-pyproject.toml, the modules under ``plugins/`` and the installed metadata must all agree."""
+pyproject.toml, the modules under ``plugins/`` (algorithms) and ``datasets/`` (datasets) and the
+installed metadata must all agree."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ else:  # Python 3.10
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = "metactl_plugins"
+PACKAGES = {"metactl_plugins": "plugins", "metactl_datasets": "datasets"}
 REINSTALL_HINT = "run `pip install -e .` again so the installed entry points are refreshed"
 
 
@@ -33,25 +35,30 @@ def declared_entry_points() -> dict[str, str]:
 
 
 def plugin_modules() -> set[str]:
-    """``metactl_plugins.<name>`` for every module or package under ``plugins/``."""
-    folder = ROOT / "plugins"
-    modules = {path.stem for path in folder.glob("*.py") if path.stem != "__init__"}
-    packages = {path.parent.name for path in folder.glob("*/__init__.py")}
-    return {f"{PACKAGE}.{name}" for name in modules | packages}
+    """``metactl_plugins.<name>`` for every module or package under ``plugins/``, and
+    ``metactl_datasets.<name>`` for every module under ``datasets/``."""
+    found = set()
+    for package, folder_name in PACKAGES.items():
+        folder = ROOT / folder_name
+        modules = {path.stem for path in folder.glob("*.py") if path.stem != "__init__"}
+        packages = {path.parent.name for path in folder.glob("*/__init__.py")}
+        found |= {f"{package}.{name}" for name in modules | packages}
+    return found
 
 
-def test_plugins_folder_is_mapped_to_the_importable_package():
+def test_plugin_folders_are_mapped_to_the_importable_packages():
     setuptools = pyproject()["tool"]["setuptools"]
-    assert setuptools["package-dir"][PACKAGE] == "plugins"
-    assert PACKAGE in setuptools["packages"]
+    for package, folder in PACKAGES.items():
+        assert setuptools["package-dir"][package] == folder
+        assert package in setuptools["packages"]
 
 
 def test_every_plugin_module_is_declared_and_every_declaration_has_a_module():
     declared = {value.partition(":")[0] for value in declared_entry_points().values()}
     assert plugin_modules() - declared == set(), (
-        "modules under plugins/ with no [project.entry-points.metactl] line")
+        "modules under plugins/ or datasets/ with no [project.entry-points.metactl] line")
     assert declared - plugin_modules() == set(), (
-        "entry points in pyproject.toml whose module is not under plugins/")
+        "entry points in pyproject.toml whose module is not under plugins/ or datasets/")
 
 
 def test_plugin_packages_are_listed_for_the_wheel():

@@ -224,3 +224,71 @@ def test_the_built_in_plugin_is_found_through_its_entry_point():
     assert entry.plugin == "prototypical"
     assert entry.distribution.startswith("metactl ")
     assert entry.algorithm.__module__ == "metactl_plugins.prototypical"
+
+
+DATASET_SOURCE = '''
+from metactl import hookimpl
+from metactl.dataset import TaskFamily
+
+class {class_name}(TaskFamily):
+    name = "{name}"
+    title = "a fake task family"
+    summary = "for the registry tests"
+
+@hookimpl
+def metactl_register_datasets(registry):
+    registry.add({class_name})
+'''
+
+
+def dataset_plugin(name: str, dataset: str, distribution: str = "fake-datasets",
+                   extra: str = "") -> FakeEntryPoint:
+    class_name = "".join(part.title() for part in dataset.split("-")) or "Nameless"
+    return FakeEntryPoint(name, DATASET_SOURCE.format(class_name=class_name, name=dataset)
+                          + extra, distribution)
+
+
+def test_datasets_register_beside_algorithms_and_are_attributed(installed):
+    installed += [dataset_plugin("tasks", "wave-tasks", "pkg-waves"),
+                  algorithm_plugin("method", "some-method")]
+    loaded = load_plugins()
+    assert loaded.failures == []
+    entry = loaded.datasets.entry("wave-tasks")
+    assert (entry.plugin, entry.distribution) == ("tasks", "pkg-waves 1.0")
+    assert loaded.registry.names() == ["some-method"]
+
+
+def test_a_broken_dataset_plugin_keeps_nothing_and_the_others_load(installed):
+    # The backbone hook runs after the dataset hook, so the dataset was registered, then dropped.
+    raising = "\n@hookimpl\ndef metactl_register_backbones(registry):\n    raise OSError('x')\n"
+    installed += [dataset_plugin("broken", "lost-tasks", extra=raising),
+                  dataset_plugin("fine", "kept-tasks")]
+    loaded = load_plugins()
+    assert failure_of(loaded, "broken").error == "OSError: x"
+    assert loaded.datasets.names() == ["kept-tasks"]
+
+
+def test_a_dataset_name_registered_twice_names_both_packages(installed):
+    installed += [dataset_plugin("a", "same-tasks", "pkg-alpha"),
+                  dataset_plugin("b", "same-tasks", "pkg-beta")]
+    error = failure_of(load_plugins(), "b").error
+    assert "dataset 'same-tasks'" in error and "pkg-alpha 1.0" in error and "pkg-beta 1.0" in error
+
+
+def test_registering_a_non_dataset_is_reported(installed):
+    installed.append(FakeEntryPoint("odd", '''
+from metactl import hookimpl
+
+@hookimpl
+def metactl_register_datasets(registry):
+    registry.add(dict)
+'''))
+    assert "is not a subclass of metactl.dataset.ImageDataset" in failure_of(
+        load_plugins(), "odd").error
+
+
+def test_an_unknown_dataset_suggests_registered_names(installed):
+    installed += [dataset_plugin("tasks", "wave-tasks")]
+    with pytest.raises(UsageError, match="unknown dataset 'wave-task'") as raised:
+        load_plugins().datasets.get("wave-task")
+    assert "'wave-tasks'" in raised.value.hint

@@ -111,7 +111,11 @@ def test_unbalanced_support_sets_are_accepted(fce):
 def test_defaults_follow_the_paper():
     config = resolve_config("matching", MatchingNetworks.defaults, {}, {}, {})
     assert config["fce"] is False  # the paper uses FCE on mini-ImageNet, not on Omniglot
-    assert set(MatchingNetworks.hyperparameter_help) == {"backbone", "hidden", "fce", "fce_steps"}
+    assert set(MatchingNetworks.hyperparameter_help) == {"backbone", "hidden", "dropblock", "fce",
+                                                         "fce_steps"}
+    mini = resolve_config("matching", MatchingNetworks.defaults, {},
+                          {"dataset": "mini-imagenet"}, {})
+    assert mini["fce"] is True
 
 
 @pytest.mark.parametrize("fce", [False, True])

@@ -16,7 +16,6 @@ from PIL import Image
 from testsupport import SHARED_DATASETS
 
 from metactl.algorithm import ModelSpec
-from metactl.data.omniglot import decode_drawing
 from metactl.engine.checkpoint import save_checkpoint
 from metactl.engine.config import resolve_config
 from metactl.engine.predictor import (
@@ -30,6 +29,7 @@ from metactl.engine.predictor import (
 from metactl.engine.run import RunFolder
 from metactl.errors import DataError, UsageError
 from metactl.plugins import get_registry
+from metactl_datasets.omniglot import decode_drawing
 
 MIRROR = SHARED_DATASETS / "omniglot"
 ARCHIVE = MIRROR / "images_background_small1.zip"

@@ -4,6 +4,7 @@ An extraction holds one top folder per archive (``images_background``, ``images_
 then ``Alphabet/characterNN/NNNN_DD.png``: 105x105 1-bit drawings, black ink on white.
 Classes are named ``Alphabet/characterNN`` whichever archive they come from.
 
+Registered as the dataset ``omniglot`` by the hook at the bottom, like any dataset plugin.
 The store holds each drawing once, inverted (ink 255 on a 0 background, as in most few-shot
 code) and resized with Pillow's Lanczos filter. Rotated classes (the Vinyals split) are not
 stored: the split's ``rotations`` attribute tells the sampler to rotate at sampling time.
@@ -20,9 +21,11 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from metactl import hookimpl
 from metactl.data.cards import DatasetCard, SplitScheme
 from metactl.data.hdf5 import StoreSplit, write_store
 from metactl.data.layout import DatasetLayout
+from metactl.dataset import ImageDataset, Report
 from metactl.errors import DataError, UsageError
 
 ProgressCallback = Callable[[int, int], None]
@@ -101,12 +104,13 @@ def _content_problems(characters: dict[str, Character], card: DatasetCard) -> li
     expected = card.content
     problems = []
     alphabets = {character.alphabet for character in characters.values()}
-    if len(alphabets) != expected.groups:
+    if expected.groups is not None and len(alphabets) != expected.groups:
         problems.append(f"{len(alphabets)} alphabets instead of {expected.groups}")
     if len(characters) != expected.classes:
         problems.append(f"{len(characters)} characters instead of {expected.classes}")
     short = [character for character in characters.values()
-             if len(character.drawings) != expected.images_per_class]
+             if expected.images_per_class is not None
+             and len(character.drawings) != expected.images_per_class]
     if short:
         example = short[0]
         problems.append(f"{len(short)} character(s) without {expected.images_per_class} drawings "
@@ -271,3 +275,22 @@ def decode_drawing(path: Path, size: int, geometry: tuple[int, int] = (105, 105)
     if gray.size != (size, size):
         gray = gray.resize((size, size), Image.Resampling.LANCZOS)
     return 255 - np.asarray(gray)
+
+
+class Omniglot(ImageDataset):
+    """Omniglot with the Vinyals and the original background/evaluation split schemes."""
+
+    card_file = Path(__file__).with_name("omniglot.yaml")
+
+    def check_content(self, layout: DatasetLayout, report: Report) -> None:
+        validate_extracted(layout.extracted, self.card)
+        report(f"verified the content of {self.name}")
+
+    def build_store(self, layout: DatasetLayout, scheme: SplitScheme, size: int,
+                    source_checksums: dict[str, str], report: Report) -> Path:
+        return build_store(layout, scheme.name, size, source_checksums)
+
+
+@hookimpl
+def metactl_register_datasets(registry) -> None:
+    registry.add(Omniglot)

@@ -57,6 +57,7 @@ def main_job(home: Path, run: Path, episodes: int, quick: bool = False) -> dict[
 
     config = yaml.safe_load((run / "config.yaml").read_text())
     return {
+        "format": "metactl-main-job",
         "command": " && ".join(" ".join(["metactl", *c[1:]]) for c in commands.values()),
         "seconds": {**{k: round(v, 1) for k, v in seconds.items()},
                     "total": round(sum(seconds.values()), 1)},

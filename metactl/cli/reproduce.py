@@ -160,7 +160,7 @@ def results(
         "give.")] = False,
 ):
     """Render RESULTS.md from the reproduce reports, so every figure has a report behind it."""
-    from metactl.engine.reports import find_reports, render_results
+    from metactl.engine.reports import find_main_jobs, find_reports, render_results
     from metactl.engine.run import write_text_atomic
     from metactl.errors import DataError, UsageError
 
@@ -169,7 +169,8 @@ def results(
                          "pass the folder `metactl reproduce --out` wrote to")
     preamble = reports / "README.md"
     text = render_results(find_reports(reports), output.resolve().parent,
-                          preamble.read_text(encoding="utf-8") if preamble.is_file() else "")
+                          preamble.read_text(encoding="utf-8") if preamble.is_file() else "",
+                          find_main_jobs(reports))
     if check:
         current = output.read_text(encoding="utf-8") if output.is_file() else ""
         if current != text:

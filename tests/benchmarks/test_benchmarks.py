@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from testsupport import REPOSITORY
@@ -57,3 +58,10 @@ def test_main_job_report_records_time_accuracy_and_machine(omniglot_root, tmp_pa
     assert report["test_episodes"] == 20 and 0 <= report["accuracy"] <= 1
     assert report["seconds"]["total"] >= report["seconds"]["train"] > 0
     assert report["training"]["episodes"] == 2 and report["machine"]["torch"]
+    # `metactl results` puts it in RESULTS.md, figures as the report has them.
+    results = tmp_path / "RESULTS.md"
+    run_script(str(Path(sys.executable).with_name("metactl")), "results", str(out.parent), "-o",
+               str(results), home=omniglot_root)
+    text = results.read_text()
+    assert "## The README's main job" in text
+    assert f"{100 * report['accuracy']:.2f} ± {100 * report['ci95']:.2f} (20 5-way" in text

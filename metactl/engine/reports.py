@@ -394,30 +394,27 @@ def _protocol_lines(protocol: dict[str, Any]) -> list[str]:
 
 # --- RESULTS.md -------------------------------------------------------------------------------
 
-def find_reports(folder: Path) -> list[dict[str, Any]]:
-    """Every reproduce report under ``folder``, by dataset then algorithm."""
-    reports = []
+def _documents(folder: Path, kind: str) -> list[dict[str, Any]]:
+    """The JSON documents under ``folder`` whose ``format`` is ``kind``, with their ``_path``."""
+    found = []
     for path in sorted(Path(folder).rglob("*.json")):
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        if isinstance(data, dict) and data.get("format") == REPORT_FORMAT:
-            reports.append({**data, "_path": path})
-    return sorted(reports, key=lambda r: (r["dataset"], r["algorithm"]))
+        if isinstance(data, dict) and data.get("format") == kind:
+            found.append({**data, "_path": path})
+    return found
+
+
+def find_reports(folder: Path) -> list[dict[str, Any]]:
+    """Every reproduce report under ``folder``, by dataset then algorithm."""
+    return sorted(_documents(folder, REPORT_FORMAT), key=lambda r: (r["dataset"], r["algorithm"]))
 
 
 def find_main_jobs(folder: Path) -> list[dict[str, Any]]:
     """The README main-job reports (``benchmarks/main_job.py``) under ``folder``."""
-    jobs = []
-    for path in sorted(Path(folder).rglob("*.json")):
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if isinstance(data, dict) and data.get("format") == MAIN_JOB_FORMAT:
-            jobs.append({**data, "_path": path})
-    return jobs
+    return _documents(folder, MAIN_JOB_FORMAT)
 
 
 def main_job_lines(job: dict[str, Any], root: Path) -> list[str]:

@@ -20,7 +20,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from testsupport import SHARED_DATASETS
+from testsupport import SHARED_DATASETS, install_example
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "metactl-example-plugin"
@@ -42,15 +42,7 @@ def metactl_command() -> str:
 @pytest.fixture(scope="module")
 def plugin_path(tmp_path_factory, offline_builds) -> Path:
     """A folder holding the installed example package and its dist-info."""
-    work = tmp_path_factory.mktemp("example-plugin")
-    source = work / "source"
-    shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns(
-        "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache"))
-    target = work / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation",
-                    "--no-index", "--disable-pip-version-check", "--quiet", "--target",
-                    str(target), str(source)], check=True, capture_output=True, text=True)
-    return target
+    return install_example(EXAMPLE.name, tmp_path_factory.mktemp("example-plugin"))
 
 
 def run(arguments: list[str], plugin_path: Path, **environment: str

@@ -170,6 +170,11 @@ class Algorithm:
             test time, for ``metactl evaluate --steps``; ``None`` when there are none.
         learns_from_sequences: whether the algorithm implements :meth:`sequence_logits`, so
             that ``metactl evaluate --positions`` can score it by instance position (MANN).
+        batch_norm_spans_tasks: whether the model's batch norm normalises the images of every
+            task of a meta-batch together in training (one forward pass over all tasks, as
+            metric methods do); under torchrun the engine then takes its statistics over
+            every process's tasks, so that the run equals a single-process one. Leave it false
+            when batch norm sees one task at a time (MAML, Reptile).
     """
 
     name: ClassVar[str] = ""
@@ -184,6 +189,7 @@ class Algorithm:
     tasks: ClassVar[tuple[str, ...]] = ("classification",)
     test_steps_setting: ClassVar[str | None] = None
     learns_from_sequences: ClassVar[bool] = False
+    batch_norm_spans_tasks: ClassVar[bool] = False
 
     def __init__(self, hparams: Mapping[str, Any]) -> None:
         self.hparams = dict(hparams)

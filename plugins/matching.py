@@ -61,6 +61,7 @@ class MatchingNetworks(Algorithm):
 
     name = "matching"
     family = "metric"
+    batch_norm_spans_tasks = True  # one forward pass embeds every task of a meta-batch
     summary = "attention over the support set: softmax of cosine similarities, summed per class"
     paper = ("Vinyals, Blundell, Lillicrap, Kavukcuoglu & Wierstra (2016). Matching Networks for "
              "One Shot Learning. NeurIPS.")

@@ -45,6 +45,7 @@ class PrototypicalNetworks(Algorithm):
 
     name = "prototypical"
     family = "metric"
+    batch_norm_spans_tasks = True  # one forward pass embeds every task of a meta-batch
     summary = "classify by squared Euclidean distance to class-mean embeddings"
     paper = ("Snell, Swersky & Zemel (2017). Prototypical Networks for Few-shot Learning. "
              "NeurIPS.")

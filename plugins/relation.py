@@ -44,6 +44,7 @@ class RelationNetworks(Algorithm):
 
     name = "relation"
     family = "metric"
+    batch_norm_spans_tasks = True  # one forward pass embeds every task of a meta-batch
     summary = "a learned relation module scores concatenated query and class feature maps"
     paper = ("Sung, Yang, Zhang, Xiang, Torr & Hospedales (2018). Learning to Compare: Relation "
              "Network for Few-Shot Learning. CVPR.")

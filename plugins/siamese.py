@@ -52,6 +52,7 @@ class SiameseNetworks(Algorithm):
 
     name = "siamese"
     family = "metric"
+    batch_norm_spans_tasks = True  # one forward pass embeds every task of a meta-batch
     summary = "verification network: L1 distance of twin embeddings -> P(same class)"
     paper = ("Koch, Zemel & Salakhutdinov (2015). Siamese Neural Networks for One-shot Image "
              "Recognition. ICML Deep Learning Workshop.")

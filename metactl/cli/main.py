@@ -40,12 +40,13 @@ def root_callback(
 
 def main() -> None:
     """Run the CLI; a :class:`MetactlError` becomes one line on stderr and a non-zero exit."""
+    from metactl.engine.launch import error_label
     from metactl.errors import MetactlError
 
     try:
         app(standalone_mode=True)
     except MetactlError as error:
-        typer.echo(f"Error: {error.one_line()}", err=True)
+        typer.echo(f"{error_label()}: {error.one_line()}", err=True)
         sys.exit(error.exit_code)
     except KeyboardInterrupt:
         typer.echo("Interrupted.", err=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -13,6 +14,25 @@ DeviceOption = Annotated[
     str | None,
     typer.Option("--device", help="auto (CUDA when present), cpu or cuda.", show_default=False),
 ]
+NprocOption = Annotated[
+    int | None,
+    typer.Option("--nproc", help="Run in this many processes on this machine (torchrun's "
+                 "launcher; one GPU each with --device cuda). See docs/distributed.md.",
+                 show_default=False),
+]
+
+
+def _launch(nproc: int, device: str | None) -> None:
+    """Start ``nproc`` copies of this command under torchrun's launcher, then exit with theirs."""
+    from metactl.engine.launch import launch_here
+
+    raise typer.Exit(launch_here(nproc, device, sys.argv[1:]))
+
+
+def _is_main_process() -> bool:
+    from metactl.engine.launch import is_main_process
+
+    return is_main_process()
 
 
 def _option(help_text: str, *names: str):
@@ -38,18 +58,26 @@ def train(
     out: Annotated[Path | None, _option("Run folder (default runs/<algorithm>-...).",
                                         "--out")] = None,
     resume: Annotated[Path | None, _option("Continue the run in this folder.", "--resume")] = None,
+    allow_world_size_change: Annotated[bool, typer.Option(
+        "--allow-world-size-change", help="Resume with another number of processes than the "
+        "run was trained with.")] = False,
+    nproc: NprocOption = None,
     root: RootOption = None,
     mirror: MirrorOption = None,
 ):
     """Meta-train an algorithm; writes a run folder with config, checkpoints and metrics."""
+    if nproc is not None:
+        _launch(nproc, device)
     from metactl.engine.session import start_training
 
     cli_values = {"dataset": dataset, "way": way, "shot": shot, "query": query,
                   "train_way": train_way, "episodes": episodes, "meta_batch": meta_batch,
                   "lr": lr, "seed": seed, "device": device}
     run, state = start_training(algorithm or None, cli_values, config, assignments or [],
-                                out=out, resume=resume, root=root, mirror=mirror, report=say)
-    typer.echo(str(run.path))
+                                out=out, resume=resume, root=root, mirror=mirror, report=say,
+                                allow_world_size_change=allow_world_size_change)
+    if _is_main_process():
+        typer.echo(str(run.path))
 
 
 def evaluate(
@@ -72,10 +100,13 @@ def evaluate(
                                              "position on fixed labelled sequences, e.g. "
                                              "1,2,3,4,5,10 or paper.", "--positions")] = None,
     device: DeviceOption = None,
+    nproc: NprocOption = None,
     root: RootOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ):
     """Mean test accuracy (or regression error) with its 95% CI over fixed episodes."""
+    if nproc is not None:
+        _launch(nproc, device)
     from metactl.engine.session import evaluate_and_record, parse_steps, plot_sinusoid
 
     if positions is not None:
@@ -89,6 +120,8 @@ def evaluate(
                                    split=split, episode_file=episode_file, seed=seed,
                                    device=device, root=root, inner_steps=count)
                for count in step_counts]
+    if not _is_main_process():
+        return
     if plot is not None:
         plot_sinusoid(run, step_counts, plot, shot=shot, seed=seed, device=device)
         say(f"wrote {plot}")
@@ -121,6 +154,8 @@ def _evaluate_positions(run: Path, text: str, *, as_json: bool, **options) -> No
     from metactl.engine.session import evaluate_positions_and_record
 
     result = evaluate_positions_and_record(run, parse_positions(text), **options)
+    if not _is_main_process():
+        return
     if as_json:
         print_json(result.to_json())
         return

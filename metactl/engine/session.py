@@ -7,13 +7,15 @@ from pathlib import Path
 from typing import Any
 
 from metactl.engine.config import load_config_file, parse_assignments, resolve_config
+from metactl.engine.launch import is_main_process
 from metactl.engine.run import RunFolder, open_run, write_text_atomic
 from metactl.errors import UsageError
 
 
 def start_training(algorithm_name: str | None, cli_values: dict[str, Any],
                    config_file: Path | None, assignments: list[str], *, out: Path | None,
-                   resume: Path | None, root: str | None, mirror: str | None, report):
+                   resume: Path | None, root: str | None, mirror: str | None, report,
+                   allow_world_size_change: bool = False):
     """Resolve the config of a new or resumed run and train it."""
     from metactl.engine.trainer import train
     from metactl.plugins import get_registry
@@ -33,7 +35,7 @@ def start_training(algorithm_name: str | None, cli_values: dict[str, Any],
                              "only --episodes may change (to train longer)")
         config = {**saved, **overrides}
         return train(saved["algorithm"], config, resume=run.path, root=root, mirror=mirror,
-                     report=report)
+                     report=report, allow_world_size_change=allow_world_size_change)
     if not algorithm_name:
         raise UsageError("no algorithm given", "run `metactl train ALGORITHM` "
                          "(see `metactl plugins list`) or `metactl train --resume RUN`")
@@ -52,7 +54,8 @@ def evaluate_and_record(run_path: Path, **options: Any):
     steps = options.get("inner_steps")
     suffix = "" if steps is None else f"-{steps}steps"
     name = f"evaluation-{result.split}-{result.way}way-{result.shot}shot{suffix}.json"
-    write_text_atomic(run.path / name, json.dumps(result.to_json(), indent=2) + "\n")
+    if is_main_process():
+        write_text_atomic(run.path / name, json.dumps(result.to_json(), indent=2) + "\n")
     return result
 
 
@@ -62,8 +65,9 @@ def evaluate_positions_and_record(run_path: Path, positions: tuple[int, ...], **
 
     result = evaluate_positions(run_path, positions, **options)
     name = f"evaluation-{result.split}-{result.way}way-positions.json"
-    write_text_atomic(RunFolder(Path(run_path)).path / name,
-                      json.dumps(result.to_json(), indent=2) + "\n")
+    if is_main_process():
+        write_text_atomic(RunFolder(Path(run_path)).path / name,
+                          json.dumps(result.to_json(), indent=2) + "\n")
     return result
 
 

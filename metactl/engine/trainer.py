@@ -17,6 +17,7 @@ import torch
 from metactl.algorithm import Algorithm
 from metactl.engine.checkpoint import load_checkpoint, save_checkpoint
 from metactl.engine.device import Placement, placement_for
+from metactl.engine.distributed import current, joined
 from metactl.engine.run import RunFolder
 from metactl.engine.tasks import TaskSource, load_tasks
 from metactl.errors import UsageError
@@ -59,10 +60,15 @@ class Trainer:
     def __init__(self, algorithm: Algorithm, config: dict[str, Any], run: RunFolder,
                  report: Report, show_progress: bool = True, mirror: str | None = None,
                  root: str | None = None) -> None:
+        self.cluster = current()
+        self.cluster.check_meta_batch(int(config["meta_batch"]))
         self.algorithm, self.config, self.run = algorithm, config, run
-        self.report, self.show_progress = report, show_progress
+        self.report = self.cluster.main_only(report)
+        self.show_progress = show_progress and self.cluster.is_main
         self.placement: Placement = placement_for(config, algorithm.device)
-        self.tasks: TaskSource = load_tasks(config, self.placement.device, mirror, root, report)
+        with self.cluster.leader_first():
+            self.tasks: TaskSource = load_tasks(config, self.placement.device, mirror, root,
+                                                self.report)
         self.spec = self.tasks.spec
         if self.spec.task not in algorithm.tasks:
             raise UsageError(f"{algorithm.name} does not handle {self.spec.task} tasks "
@@ -70,12 +76,14 @@ class Trainer:
         self.sampler = self.tasks.sampler
         torch.manual_seed(int(config["seed"]))
         self.model = algorithm.build_model(self.spec).to(self.placement.device)
+        self.cluster.prepare_model(self.model, algorithm)
         if self.placement.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.step_model = torch.compile(self.model) if self.placement.compile else self.model
         self.optimizer, self.schedule = build_optimizer(self.model, config)
         self.state = TrainingState(step=0, best_score=-math.inf, best_step=0)
-        self._stop_requested = False
+        self._stop_requested = False  # agreed by every rank after each step
+        self._stop_signalled = False  # Ctrl-C reached this process
         self._saved_step: int | None = None  # the step last.pt holds, once written or read
 
     @property
@@ -94,6 +102,7 @@ class Trainer:
             "task": self.spec.task,
             "invert": self.tasks.invert,
             "step": self.state.step,
+            "world_size": self.cluster.world_size,
         }
         if model_only:
             return payload
@@ -109,15 +118,17 @@ class Trainer:
         return (self.spec.channels, self.spec.height, self.spec.width)
 
     def save_last(self) -> None:
-        save_checkpoint(self.run.last, self._payload())
+        if self.cluster.is_main:
+            save_checkpoint(self.run.last, self._payload())
         self._saved_step = self.state.step
 
-    def resume(self) -> None:
+    def resume(self, allow_world_size_change: bool = False) -> None:
         """Restore everything from ``last.pt`` so the run continues as if never stopped."""
         checkpoint = load_checkpoint(self.run.last)
         if checkpoint.get("algorithm") != self.algorithm.name:
             raise UsageError(f"{self.run.path} was trained with {checkpoint.get('algorithm')!r}",
                              "resume it with the same algorithm")
+        self.cluster.check_resume(checkpoint, self.run.path, allow_world_size_change)
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.schedule.load_state_dict(checkpoint["schedule"])
@@ -126,7 +137,8 @@ class Trainer:
         self.state = TrainingState(int(checkpoint["step"]), float(checkpoint["best_score"]),
                                    int(checkpoint["best_step"]))
         self._saved_step = self.state.step
-        self.run.truncate_metrics(self.state.step)
+        if self.cluster.is_main:
+            self.run.truncate_metrics(self.state.step)
 
     # --- the loop ----------------------------------------------------------------------------
 
@@ -154,39 +166,46 @@ class Trainer:
 
     def _one_step(self) -> dict[str, Any]:
         started = time.perf_counter()
-        batch = self.sampler.sample(int(self.config["meta_batch"]))
+        self.cluster.seed_step(int(self.config["seed"]), self.state.step)
+        batch = self.cluster.sample(self.sampler, int(self.config["meta_batch"]))
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         self.algorithm.progress = self.state.step / self.total_steps
         with self.placement.autocast():
             result = self.algorithm.meta_gradient(self.step_model, batch)
+        self.cluster.average_gradients(self.model)
         if float(self.config["grad_clip"]) > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(self.config["grad_clip"]))
         self.optimizer.step()
         self.schedule.step()
         self.state.step += 1
-        loss = float(result.loss.detach())
+        logged, self._stop_requested = self.cluster.average(
+            {"loss": float(result.loss.detach()), "accuracy": result.accuracy, **result.extra},
+            self._stop_signalled)
+        loss = logged["loss"]
         if not math.isfinite(loss):
             raise UsageError(f"the training loss became {loss} at step {self.state.step}",
                              "lower the learning rate (--lr) or try --set amp=none")
-        record = {"step": self.state.step, "loss": loss, "accuracy": result.accuracy,
-                  "lr": self.schedule.get_last_lr()[0],
-                  "seconds": time.perf_counter() - started, **result.extra}
-        if self._due(max(1, int(self.config["val_every"]) // 10)):
+        record = {"step": self.state.step, **logged, "lr": self.schedule.get_last_lr()[0],
+                  "seconds": time.perf_counter() - started}
+        if self._due(max(1, int(self.config["val_every"]) // 10)) and self.cluster.is_main:
             self.run.append_metrics({"kind": "train", **record})
         return record
 
     def _validate_and_save(self) -> None:
         self.model.eval()
         result = self.tasks.validate(self.algorithm, self.model, self.placement)
-        if result is not None:
+        if result is not None and self.cluster.is_main:
             self.run.append_metrics({"kind": "val", "step": self.state.step,
                                      result.metric: result.mean, "ci95": result.ci95,
                                      "episodes": result.episodes})
             score = result.mean if self.tasks.higher_is_better else -result.mean
+        if result is not None:
+            score = result.mean if self.tasks.higher_is_better else -result.mean
             if score > self.state.best_score:
                 self.state.best_score, self.state.best_step = score, self.state.step
-                save_checkpoint(self.run.best, self._payload(model_only=True))
+                if self.cluster.is_main:
+                    save_checkpoint(self.run.best, self._payload(model_only=True))
             self.report(f"step {self.state.step}/{self.total_steps}: validation "
                         f"{result.describe()} (best at step {self.state.best_step})")
         self.save_last()
@@ -196,9 +215,9 @@ class Trainer:
         """The first Ctrl-C finishes the current step, saves and stops; a second one aborts."""
 
         def request_stop(signum, frame):
-            if self._stop_requested:
+            if self._stop_signalled:
                 raise KeyboardInterrupt
-            self._stop_requested = True
+            self._stop_signalled = True
             self.report("stopping after this step (Ctrl-C again to abort without saving)")
 
         try:
@@ -247,18 +266,27 @@ class Trainer:
 
 def train(algorithm_name: str, config: dict[str, Any], *, out: Path | None = None,
           resume: Path | None = None, mirror: str | None = None, root: str | None = None,
-          report: Report = print, show_progress: bool = True) -> tuple[RunFolder, TrainingState]:
-    """Train ``algorithm_name`` with a resolved ``config``; return the run and its final state."""
+          report: Report = print, show_progress: bool = True,
+          allow_world_size_change: bool = False) -> tuple[RunFolder, TrainingState]:
+    """Train ``algorithm_name`` with a resolved ``config``; return the run and its final state.
+
+    Under torchrun, every process calls this; they train data-parallel and rank 0 alone writes
+    the run folder (:mod:`metactl.engine.distributed`).
+    """
     from metactl.plugins import get_registry
 
     algorithm = get_registry().get(algorithm_name)(config)
-    run = RunFolder(Path(resume) if resume else Path(out) if out else default_run_folder(config))
-    if not resume and run.last.is_file():
-        raise UsageError(f"{run.path} already holds a run",
-                         f"resume it with `metactl train --resume {run.path}` "
-                         "or pick another --out")
-    trainer = Trainer(algorithm, config, run, report, show_progress, mirror=mirror, root=root)
-    if resume:
-        trainer.resume()
-    run.write_config(config)
-    return run, trainer.train()
+    with joined(str(config["device"])) as cluster:
+        run = RunFolder(Path(resume) if resume else Path(out) if out
+                        else default_run_folder(config))
+        if not resume and run.last.is_file():
+            raise UsageError(f"{run.path} already holds a run",
+                             f"resume it with `metactl train --resume {run.path}` "
+                             "or pick another --out")
+        trainer = Trainer(algorithm, config, run, report, show_progress, mirror=mirror,
+                          root=root)
+        if resume:
+            trainer.resume(allow_world_size_change)
+        if cluster.is_main:
+            run.write_config(config)
+        return run, trainer.train()

@@ -182,6 +182,8 @@ def predict(
     if output is not None:
         check_output_path(output)
     predictions = run_prediction(run, support, queries, device=device)
+    if not _is_main_process():  # under torchrun every process predicts the same
+        return
     for prediction in predictions:
         typer.echo(f"{prediction.path}\t{prediction.predicted_class}\t"
                    f"{prediction.probability:.3f}")

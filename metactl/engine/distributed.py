@@ -97,12 +97,7 @@ class Cluster:
 
     def check_meta_batch(self, tasks: int) -> None:
         """Refuse a meta-batch that does not split evenly across the ranks."""
-        if tasks % self.world_size:
-            larger = -(-tasks // self.world_size) * self.world_size
-            raise UsageError(f"a meta-batch of {tasks} tasks does not divide among "
-                             f"{self.world_size} processes",
-                             f"use --meta-batch {larger} (a multiple of {self.world_size}), or "
-                             "a number of processes that divides the meta-batch")
+        self.place.check_meta_batch(tasks)
 
     def share(self, tasks: int) -> slice:
         """This rank's consecutive share of a batch of ``tasks`` tasks."""
@@ -298,10 +293,11 @@ def _average_group(parameters: list[nn.Parameter], world_size: int) -> None:
     flat = torch.cat([*pieces, present])
     _collective(dist.all_reduce, flat)
     flat /= world_size
+    given = (flat[-len(parameters):] > 0).tolist()  # one device-to-host copy
     start = 0
-    for index, parameter in enumerate(parameters):
+    for parameter, has_gradient in zip(parameters, given, strict=True):
         size = parameter.numel()
-        if flat[-len(parameters) + index] > 0:
+        if has_gradient:
             parameter.grad = flat[start:start + size].view_as(parameter).clone()
         start += size
 

@@ -121,8 +121,10 @@ def evaluate_run(run_path: Path, *, episodes: int | None = None, way: int | None
     ``inner_steps`` replaces the algorithm's number of inner gradient steps at test time.
     Under torchrun the processes share the episodes; the result is the single-process one."""
     from metactl.engine.distributed import joined
+    from metactl.engine.run import open_run
 
-    with joined(device or "auto"):
+    requested = device or str(open_run(run_path).read_config().get("device", "auto"))
+    with joined(requested):
         return _evaluate_run(run_path, episodes=episodes, way=way, shot=shot, query=query,
                              split=split, episode_file=episode_file, seed=seed, device=device,
                              root=root, inner_steps=inner_steps)

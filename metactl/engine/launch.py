@@ -40,6 +40,15 @@ class ProcessPlace:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    def check_meta_batch(self, tasks: int) -> None:
+        """Refuse a meta-batch that does not split evenly across the processes."""
+        if tasks % self.world_size:
+            larger = -(-tasks // self.world_size) * self.world_size
+            raise UsageError(f"a meta-batch of {tasks} tasks does not divide among "
+                             f"{self.world_size} processes",
+                             f"use --meta-batch {larger} (a multiple of {self.world_size}), or "
+                             "a number of processes that divides the meta-batch")
+
 
 def process_place() -> ProcessPlace:
     """This process's place, from the variables torchrun sets (RANK, WORLD_SIZE, ...)."""
@@ -89,6 +98,7 @@ def launch_here(nproc: int, device: str | None, arguments: list[str]) -> int:
     it printed its own error; raises :class:`WorkerFailed` when it died without one.
     """
     check_launch(nproc, device)
+    from torch.distributed.elastic.multiprocessing import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
@@ -100,6 +110,8 @@ def launch_here(nproc: int, device: str | None, arguments: list[str]) -> int:
          *arguments_without_nproc(arguments)])
     try:
         run(options)
+    except SignalException:  # Ctrl-C: the workers got it too, saved and stopped
+        return 130
     except ChildFailedError as failure:
         rank, first = failure.get_first_failure()
         if first.exitcode in REPORTED_EXIT_CODES:

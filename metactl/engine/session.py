@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from metactl.engine.config import load_config_file, parse_assignments, resolve_config
-from metactl.engine.launch import is_main_process
+from metactl.engine.launch import is_main_process, process_place
 from metactl.engine.run import RunFolder, open_run, write_text_atomic
 from metactl.errors import UsageError
 
@@ -41,6 +41,7 @@ def start_training(algorithm_name: str | None, cli_values: dict[str, Any],
                          "(see `metactl plugins list`) or `metactl train --resume RUN`")
     algorithm = get_registry().get(algorithm_name)
     config = resolve_config(algorithm_name, algorithm.defaults, {}, overrides, {})
+    process_place().check_meta_batch(int(config["meta_batch"]))  # before torch is imported
     return train(algorithm_name, config, out=out, root=root, mirror=mirror, report=report)
 
 

@@ -122,13 +122,12 @@ class Trainer:
             save_checkpoint(self.run.last, self._payload())
         self._saved_step = self.state.step
 
-    def resume(self, allow_world_size_change: bool = False) -> None:
+    def resume(self) -> None:
         """Restore everything from ``last.pt`` so the run continues as if never stopped."""
         checkpoint = load_checkpoint(self.run.last)
         if checkpoint.get("algorithm") != self.algorithm.name:
             raise UsageError(f"{self.run.path} was trained with {checkpoint.get('algorithm')!r}",
                              "resume it with the same algorithm")
-        self.cluster.check_resume(checkpoint, self.run.path, allow_world_size_change)
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.schedule.load_state_dict(checkpoint["schedule"])
@@ -283,10 +282,12 @@ def train(algorithm_name: str, config: dict[str, Any], *, out: Path | None = Non
             raise UsageError(f"{run.path} already holds a run",
                              f"resume it with `metactl train --resume {run.path}` "
                              "or pick another --out")
+        if resume:  # before the data is loaded
+            cluster.check_resume(load_checkpoint(run.last), run.path, allow_world_size_change)
         trainer = Trainer(algorithm, config, run, report, show_progress, mirror=mirror,
                           root=root)
         if resume:
-            trainer.resume(allow_world_size_change)
+            trainer.resume()
         if cluster.is_main:
             run.write_config(config)
         return run, trainer.train()

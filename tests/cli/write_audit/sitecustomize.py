@@ -1,4 +1,4 @@
-"""Put on PYTHONPATH by tests/cli/test_distributed.py: in a process of rank 1 or above, record
+"""Put on PYTHONPATH by tests/cli/test_distributed_cli.py: in a process of rank 1 or above, record
 every file the process opens for writing, creates, renames or deletes, and save the list as
 ``$METACTL_TEST_AUDIT/rank-N.json`` when it exits. Rank 0 and processes outside torchrun
 (RANK unset) are not watched."""

@@ -103,7 +103,10 @@ def launch_here(nproc: int, device: str | None, arguments: list[str]) -> int:
     from torch.distributed.run import get_args_parser, run
 
     # The agent logs every worker's exit at length; the workers' own one-line errors say more.
-    logging.getLogger("torch.distributed").setLevel(logging.CRITICAL)
+    # Its loggers each carry a level of their own, so each is quietened.
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("torch.distributed"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     options = get_args_parser().parse_args(
         ["--standalone", f"--nproc-per-node={nproc}", "-m", "metactl",

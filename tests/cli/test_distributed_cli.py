@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -262,6 +263,18 @@ def test_a_resume_with_another_number_of_processes_is_refused(two_process_run, o
         result.stderr
     assert "--allow-world-size-change" in result.stderr and "Traceback" not in result.stderr
     assert load_checkpoint(two_process_run.run.last)["step"] == before["step"]
+
+
+def test_a_resume_with_another_number_of_processes_continues_when_allowed(two_process_run,
+                                                                        omniglot_root,
+                                                                        tmp_path):
+    run = tmp_path / "copy"
+    shutil.copytree(two_process_run.run.path, run)
+    result = run_metactl("train", "--resume", str(run), "--episodes", "32",
+                         "--allow-world-size-change", env={"METACTL_HOME": str(omniglot_root)})
+    assert result.returncode == 0, result.stderr
+    checkpoint = load_checkpoint(RunFolder(run).last)
+    assert checkpoint["step"] == 8 and checkpoint["world_size"] == 1
 
 
 @pytest.mark.skipif(torch.cuda.device_count() >= 2, reason="this machine has 2 GPUs")

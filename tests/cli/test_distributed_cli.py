@@ -210,6 +210,10 @@ def test_evaluation_in_two_processes_equals_one(two_process_run, omniglot_root):
     finally:
         torch.set_num_threads(threads)
     assert json.loads(result.stdout) == single.to_json()
+    saved = two_process_run.run.path / "evaluation-test-5way-1shot.json"
+    assert json.loads(saved.read_text()) == single.to_json()
+    log = (two_process_run.run.path / "console.log").read_text()
+    assert log.count("evaluate: 5-way 1-shot test") == 1
 
 
 def test_a_rank_that_raises_stops_the_job(omniglot_root, tmp_path):
@@ -248,6 +252,21 @@ class FailingOnRank1(PrototypicalNetworks):
 get_registry().add(FailingOnRank1)
 main()
 """
+
+
+def test_a_locked_run_stops_every_rank_at_once(two_process_run, omniglot_root):
+    run = two_process_run.run
+    with run.writing("a test that holds the run"):
+        ranks = start_ranks(2, ["-m", "metactl", "evaluate", str(run.path), "--episodes", "4",
+                                "--split", "val"],
+                            env={"METACTL_HOME": str(omniglot_root),
+                                 "METACTL_COLLECTIVE_TIMEOUT": "600"})
+        outputs = [rank.communicate(timeout=300) for rank in ranks]  # not the 600 s timeout
+    assert [rank.returncode != 0 for rank in ranks] == [True, True]
+    assert outputs[0][1].startswith(f"Error: run folder {run.path} is in use by"), outputs[0][1]
+    assert outputs[1][1].startswith("Error (rank 1): rank 0 stopped before the work began"), \
+        outputs[1][1]
+    assert not list(run.path.glob("evaluation-val-*.json"))
 
 
 def test_a_meta_batch_the_processes_cannot_share_is_refused_on_every_rank(omniglot_root,

@@ -1,4 +1,5 @@
-"""``python -m metactl``: the same as the ``metactl`` command."""
+"""``python -m metactl``: the same as the ``metactl`` command (and what torchrun's
+``-m metactl`` starts)."""
 
 from __future__ import annotations
 

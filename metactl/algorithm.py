@@ -223,6 +223,11 @@ class Algorithm:
             paper evaluated (``{"omniglot-1shot": {"dataset": "omniglot", "shot": 1, ...}}``).
         paper_results: the paper's results table, one :class:`PaperResult` per figure, each
             naming its protocol; ``metactl reproduce`` trains, evaluates and compares them.
+        batch_norm_spans_tasks: whether the model's batch norm normalises the images of every
+            task of a meta-batch together in training (one forward pass over all tasks, as
+            metric methods do); under torchrun the engine then takes its statistics over
+            every process's tasks, so that the run equals a single-process one. Leave it false
+            when batch norm sees one task at a time (MAML, Reptile).
     """
 
     name: ClassVar[str] = ""
@@ -239,6 +244,7 @@ class Algorithm:
     learns_from_sequences: ClassVar[bool] = False
     paper_protocols: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
     paper_results: ClassVar[tuple[PaperResult, ...]] = ()
+    batch_norm_spans_tasks: ClassVar[bool] = False
 
     def __init__(self, hparams: Mapping[str, Any]) -> None:
         self.hparams = dict(hparams)

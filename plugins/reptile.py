@@ -15,6 +15,7 @@ from metactl.algorithm import (
     StepResult,
     support_of,
 )
+from metactl.engine.launch import process_place
 from metactl.errors import UsageError
 
 if TYPE_CHECKING:
@@ -124,6 +125,11 @@ class Reptile(Algorithm):
                              "outer optimizer", "--set optimizer=sgd --set momentum=0 "
                              "--set weight_decay=0 --set lr_decay_every=0, or keep "
                              "reptile_batched: true")
+        if not hparams["reptile_batched"] and process_place().is_distributed:
+            raise UsageError("serial Reptile (reptile_batched: false) applies the tasks one "
+                             "after another, which processes cannot share",
+                             "keep reptile_batched: true under torchrun: the processes then "
+                             "average their tasks' weights (docs/distributed.md)")
         self.steps_taken = 0
 
     @property

@@ -273,3 +273,43 @@ def with_pythonpath(folder: Path) -> dict[str, str]:
     """Environment variables that put ``folder`` first on the subprocesses' import path."""
     return {"PYTHONPATH": os.pathsep.join(filter(None, [str(folder),
                                                         os.environ.get("PYTHONPATH")]))}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def single_threaded(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The test's environment for child processes, one thread each (CI has two cores)."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+
+
+def torchrun(*arguments: str, nproc: int = 2, env: dict[str, str] | None = None,
+             cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc-per-node NPROC ARGUMENTS`` (torch.distributed.run, the
+    module behind the torchrun script; standalone picks a free port), output captured."""
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           f"--nproc-per-node={nproc}", *arguments], capture_output=True,
+                          text=True, env=single_threaded(env), timeout=timeout, cwd=cwd)
+
+
+def start_ranks(world_size: int, arguments: list[str], env: dict[str, str] | None = None,
+                cwd: Path | None = None) -> list[subprocess.Popen]:
+    """Start ``python ARGUMENTS`` as ranks 0 .. world_size - 1 of one job, the way a static
+    launcher (srun, mpirun) does: RANK, WORLD_SIZE and a free MASTER_PORT, no torchrun agent
+    watching them. Each rank's output is captured separately."""
+    port = str(free_port())
+    processes = []
+    for rank in range(world_size):
+        variables = {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size),
+                     "LOCAL_WORLD_SIZE": str(world_size), "MASTER_ADDR": "127.0.0.1",
+                     "MASTER_PORT": port, **(env or {})}
+        processes.append(subprocess.Popen([sys.executable, *arguments], stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, text=True, cwd=cwd,
+                                          env=single_threaded(variables)))
+    return processes

@@ -56,12 +56,13 @@ def main() -> None:
     """Run the CLI. A :class:`MetactlError`, a command line that does not parse, or an error
     raised inside a plugin (unless ``--debug``) becomes one line on stderr and a non-zero exit;
     anything else is a bug in metactl and keeps its traceback."""
+    from metactl.engine.launch import error_label
     from metactl.errors import MetactlError
 
     try:
         code = app(standalone_mode=False)
     except MetactlError as error:
-        typer.echo(f"Error: {error.one_line()}", err=True)
+        typer.echo(f"{error_label()}: {error.one_line()}", err=True)
         sys.exit(error.exit_code)
     except ClickException as error:
         sys.exit(_show_command_line_error(error))
@@ -88,17 +89,20 @@ def _show_command_line_error(error: ClickException) -> int:
 
         rich_utils.rich_format_error(error)
         return error.exit_code
+    from metactl.engine.launch import error_label
     from metactl.errors import UsageError
 
     context = getattr(error, "ctx", None)
     hint = f"see `{context.command_path} --help`" if context is not None else ""
-    typer.echo(f"Error: {UsageError(error.format_message(), hint).one_line()}", err=True)
+    typer.echo(f"{error_label()}: {UsageError(error.format_message(), hint).one_line()}",
+               err=True)
     return error.exit_code
 
 
 def plugin_error_line(error: BaseException) -> str | None:
     """``Error: plugin P (algorithm A, package D) failed: Type: message ...`` when the deepest
     plugin frame of the traceback belongs to a registered plugin; None for metactl's own bugs."""
+    from metactl.engine.launch import error_label
     from metactl.plugins import plugin_of
 
     culprit = None
@@ -111,6 +115,6 @@ def plugin_error_line(error: BaseException) -> str | None:
         return None
     first = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
     first += "" if first.endswith((".", "!", "?")) else "."
-    return (f"Error: plugin {culprit.plugin} (algorithm {culprit.algorithm.name}, "
+    return (f"{error_label()}: plugin {culprit.plugin} (algorithm {culprit.algorithm.name}, "
             f"{culprit.distribution}) failed: {type(error).__name__}: {first} "
             f"Rerun with `metactl --debug ...` for the traceback.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -13,6 +14,25 @@ DeviceOption = Annotated[
     str | None,
     typer.Option("--device", help="auto (CUDA when present), cpu or cuda.", show_default=False),
 ]
+NprocOption = Annotated[
+    int | None,
+    typer.Option("--nproc", help="Run in this many processes on this machine (torchrun's "
+                 "launcher; one GPU each with --device cuda). See docs/distributed.md.",
+                 show_default=False),
+]
+
+
+def _launch(nproc: int, device: str | None) -> None:
+    """Start ``nproc`` copies of this command under torchrun's launcher, then exit with theirs."""
+    from metactl.engine.launch import launch_here
+
+    raise typer.Exit(launch_here(nproc, device, sys.argv[1:]))
+
+
+def _is_main_process() -> bool:
+    from metactl.engine.launch import is_main_process
+
+    return is_main_process()
 
 
 def _option(help_text: str, *names: str, **extra):
@@ -64,6 +84,10 @@ def train(
     resume: Annotated[Path | None, _option("Continue the run in this folder.", "--resume")] = None,
     print_config: Annotated[bool, typer.Option("--print-config", help="Print the resolved "
                                                "settings as YAML and exit.")] = False,
+    allow_world_size_change: Annotated[bool, typer.Option(
+        "--allow-world-size-change", help="Resume with another number of processes than the "
+        "run was trained with.")] = False,
+    nproc: NprocOption = None,
     root: RootOption = None,
     mirror: MirrorOption = None,
 ):
@@ -80,11 +104,14 @@ def train(
                                       resume=resume, steps=steps)
         typer.echo(yaml.safe_dump(resolved, sort_keys=True).rstrip())
         return
+    if nproc is not None:
+        _launch(nproc, device)
     tune_process()
     run, state = start_training(algorithm or None, cli_values, config, assignments or [],
                                 out=out, resume=resume, root=root, mirror=mirror, report=say,
-                                steps=steps)
-    typer.echo(str(run.path))
+                                steps=steps, allow_world_size_change=allow_world_size_change)
+    if _is_main_process():
+        typer.echo(str(run.path))
 
 
 def evaluate(
@@ -113,10 +140,13 @@ def evaluate(
                                              "position on fixed labelled sequences, e.g. "
                                              "1,2,3,4,5,10 or paper.", "--positions")] = None,
     device: DeviceOption = None,
+    nproc: NprocOption = None,
     root: RootOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ):
     """Mean test accuracy (or regression error) with its 95% CI over fixed episodes."""
+    if nproc is not None:
+        _launch(nproc, device)
     from metactl.engine.config import parse_assignments
     from metactl.engine.session import (
         check_plottable,
@@ -147,6 +177,8 @@ def evaluate(
                         episodes=episodes, way=way, shot=shot, query=query, split=split,
                         episode_file=episode_file, seed=seed, device=device, root=root,
                         settings=settings)
+    if not _is_main_process():
+        return
     if plot is not None:
         plot_generated_tasks(run, step_counts, plot, shot=shot, seed=seed, device=device,
                              root=root)
@@ -209,6 +241,8 @@ def predict(
     if output is not None:
         check_output_path(output)
     predictions = run_prediction(run, support, queries, device=device)
+    if not _is_main_process():  # under torchrun every process predicts the same
+        return
     for prediction in predictions:
         typer.echo(f"{prediction.path}\t{prediction.predicted_class}\t"
                    f"{prediction.probability:.3f}")

@@ -59,16 +59,25 @@ def confidence_interval(accuracies: torch.Tensor) -> tuple[float, float]:
 
 def episode_accuracies(algorithm: Algorithm, model: torch.nn.Module, split: SplitData,
                        episodes: EpisodeSet, placement: Placement | None = None) -> torch.Tensor:
-    """Query accuracy of every episode, (episodes,), in file order."""
+    """Query accuracy of every episode, (episodes,), in file order. Under torchrun, the ranks
+    share the batches of episodes and every rank returns all the accuracies."""
+    from metactl.data.episodes import gather_tasks
+    from metactl.engine.distributed import current
+
     autocast = placement.autocast() if placement is not None else contextlib.nullcontext()
-    gradients = algorithm.gradient_mode()
-    accuracies = []
-    with gradients, autocast:
-        for batch in episodes.batches(split, TASKS_PER_BATCH):
-            probabilities = algorithm.predict(model, support_of(batch), batch.query_images)
-            correct = probabilities.argmax(-1) == batch.query_labels
-            accuracies.append(correct.float().mean(dim=1).cpu())
-    return torch.cat(accuracies)
+    episodes.check_matches(split)
+    starts = range(0, episodes.episodes, TASKS_PER_BATCH)
+
+    def accuracies(index: int) -> torch.Tensor:
+        chosen = slice(starts[index], starts[index] + TASKS_PER_BATCH)
+        batch = gather_tasks(split, episodes.classes[chosen], episodes.images[chosen],
+                             episodes.shot, episodes.query)
+        probabilities = algorithm.predict(model, support_of(batch), batch.query_images)
+        correct = probabilities.argmax(-1) == batch.query_labels
+        return correct.float().mean(dim=1).cpu()
+
+    with algorithm.gradient_mode(), autocast:
+        return torch.cat(current().in_order(len(starts), accuracies))
 
 
 def evaluate_episodes(algorithm: Algorithm, model: torch.nn.Module, split: SplitData,
@@ -83,21 +92,24 @@ def evaluate_episodes(algorithm: Algorithm, model: torch.nn.Module, split: Split
 def task_scores(algorithm: Algorithm, model: torch.nn.Module, batches: list[TaskBatch],
                 placement: Placement | None = None) -> tuple[torch.Tensor, str]:
     """The query score of every task, (tasks,), after adapting on its support set, and its
-    name: accuracy for integer labels, mean squared error for float targets (regression)."""
+    name: accuracy for integer labels, mean squared error for float targets (regression);
+    shared among the ranks under torchrun."""
+    from metactl.engine.distributed import current
+
     autocast = placement.autocast() if placement is not None else contextlib.nullcontext()
-    gradients = algorithm.gradient_mode()
-    scores, metric = [], "accuracy"
-    with gradients, autocast:
-        for batch in batches:
-            predictions = algorithm.predict(model, support_of(batch), batch.query_images)
-            if batch.query_labels.is_floating_point():
-                squared = (predictions.detach().float() - batch.query_labels).pow(2)
-                scores.append(squared.flatten(1).mean(1).cpu())
-                metric = "mse"
-            else:
-                correct = predictions.argmax(-1) == batch.query_labels
-                scores.append(correct.float().mean(dim=1).cpu())
-    return torch.cat(scores), metric
+    regression = bool(batches) and batches[0].query_labels.is_floating_point()
+
+    def score(index: int) -> torch.Tensor:
+        batch = batches[index]
+        predictions = algorithm.predict(model, support_of(batch), batch.query_images)
+        if regression:
+            squared = (predictions.detach().float() - batch.query_labels).pow(2)
+            return squared.flatten(1).mean(1).cpu()
+        return (predictions.argmax(-1) == batch.query_labels).float().mean(dim=1).cpu()
+
+    with algorithm.gradient_mode(), autocast:
+        scores = current().in_order(len(batches), score)
+    return torch.cat(scores), "mse" if regression else "accuracy"
 
 
 def evaluate_batches(algorithm: Algorithm, model: torch.nn.Module, batches: list[TaskBatch],
@@ -120,7 +132,22 @@ def evaluate_run(run_path: Path, *, episodes: int | None = None, way: int | None
     """Evaluate a trained run on fixed episodes (the same for every algorithm by default);
     ``inner_steps`` replaces the algorithm's number of inner gradient steps at test time,
     ``settings`` any evaluation-time setting (``evaluate --set``), ``algorithm`` the registered
-    class (for runs of an unregistered one)."""
+    class (for runs of an unregistered one). Under torchrun the processes share the episodes;
+    the result is the single-process one."""
+    from metactl.engine.distributed import joined, requested_device
+
+    with joined(requested_device(run_path, device)):
+        return _evaluate_run(run_path, episodes=episodes, way=way, shot=shot, query=query,
+                             split=split, episode_file=episode_file, seed=seed, device=device,
+                             root=root, inner_steps=inner_steps, settings=settings,
+                             algorithm=algorithm)
+
+
+def _evaluate_run(run_path: Path, *, episodes: int | None, way: int | None, shot: int | None,
+                  query: int | None, split: str, episode_file: Path | None, seed: int | None,
+                  device: str | None, root: str | None, inner_steps: int | None,
+                  settings: Mapping[str, Any] | None, algorithm: type[Algorithm] | None
+                  ) -> EvaluationResult:
     from metactl.data.manage import draw_episodes, find_dataset, open_split
     from metactl.engine.run import load_trained
     from metactl.errors import check_positive

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +14,8 @@ from metactl.engine.config import (
     parse_assignments,
     resolve_config,
 )
-from metactl.engine.run import open_run, write_text_atomic
+from metactl.engine.launch import process_place
+from metactl.engine.run import RunFolder, open_run, write_text_atomic
 from metactl.errors import UsageError
 
 if TYPE_CHECKING:
@@ -73,15 +75,19 @@ def with_meta_steps(config: dict[str, Any], steps: int | None) -> dict[str, Any]
 def start_training(algorithm_name: str | None, cli_values: dict[str, Any],
                    config_file: Path | None, assignments: list[str], *, out: Path | None,
                    resume: Path | None, root: str | None, mirror: str | None, report,
-                   steps: int | None = None, deadline: float | None = None):
+                   steps: int | None = None, deadline: float | None = None,
+                   allow_world_size_change: bool = False):
     """Resolve the config of a new or resumed run and train it (until ``deadline``, a
-    ``time.monotonic()`` value, when given)."""
-    from metactl.engine.trainer import train
-
+    ``time.monotonic()`` value, when given); under torchrun, ``allow_world_size_change`` lets
+    a run resume with another number of processes."""
     name, config = training_config(algorithm_name, cli_values, config_file, assignments,
                                    resume=resume, steps=steps)
+    process_place().check_meta_batch(int(config["meta_batch"]))  # before torch is imported
+    from metactl.engine.trainer import train
+
     return train(name, config, out=None if resume else out, resume=resume, root=root,
-                 mirror=mirror, report=report, deadline=deadline)
+                 mirror=mirror, report=report, deadline=deadline,
+                 allow_world_size_change=allow_world_size_change)
 
 
 def evaluate_and_record(run_path: Path, steps: Sequence[int | None] = (None,),
@@ -90,14 +96,17 @@ def evaluate_and_record(run_path: Path, steps: Sequence[int | None] = (None,),
     to ``show`` so they are seen even if saving them fails, then save each as
     ``evaluation-<split>-<way>way-<shot>shot[-<steps>steps][-<key>=<value>...].json`` in the run
     folder, which no other process writes meanwhile (see :func:`evaluation_document`); the lines
-    are added to the run's console.log."""
+    are added to the run's console.log. Under torchrun every process calls this and shares the
+    episodes; rank 0 alone shows and saves."""
     from metactl.engine.evaluator import evaluate_run
     from metactl.engine.record import ConsoleLog
 
     settings = options.get("settings") or {}
     run = open_run(run_path)
-    with run.writing("metactl evaluate"):
+    with _written_by_main(run, options.get("device")) as main:
         results = [evaluate_run(run.path, inner_steps=count, **options) for count in steps]
+        if not main:
+            return results
         if show is not None:
             show(results)
         for count, result in zip(steps, results, strict=True):
@@ -143,12 +152,29 @@ def evaluate_positions_and_record(run_path: Path, positions: tuple[int, ...], sh
     from metactl.engine.sequences import evaluate_positions
 
     run = open_run(run_path)
-    with run.writing("metactl evaluate"):
+    with _written_by_main(run, options.get("device")) as main:
         result = evaluate_positions(run.path, positions, **options)
+        if not main:
+            return result
         show(result)
         name = f"evaluation-{result.split}-{result.way}way-positions.json"
         write_text_atomic(run.path / name, json.dumps(result.to_json(), indent=2) + "\n")
     return result
+
+
+@contextmanager
+def _written_by_main(run: RunFolder, device: str | None) -> Iterator[bool]:
+    """Hold ``run``'s lock for an evaluation; under torchrun, join the other processes and
+    hold it on rank 0 alone. Yields whether this process shows and saves the results."""
+    if not process_place().is_distributed:
+        with run.writing("metactl evaluate"):
+            yield True
+        return
+    from metactl.engine.distributed import joined, requested_device
+
+    with (joined(requested_device(run.path, device)) as cluster,
+          cluster.on_main(run.writing, "metactl evaluate")):
+        yield cluster.is_main
 
 
 def parse_steps(text: str | None) -> list[int | None]:

@@ -7,7 +7,7 @@ import signal
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ import torch
 from metactl.algorithm import Algorithm
 from metactl.engine.checkpoint import load_checkpoint, save_checkpoint
 from metactl.engine.device import Placement, placement_for
+from metactl.engine.distributed import current, joined
 from metactl.engine.graphs import gradient_step
 from metactl.engine.run import RunFolder
 from metactl.engine.tasks import TaskSource, load_tasks
@@ -68,12 +69,21 @@ class Trainer:
     def __init__(self, algorithm: Algorithm, config: dict[str, Any], run: RunFolder,
                  report: Report, show_progress: bool = True, mirror: str | None = None,
                  root: str | None = None, deadline: float | None = None) -> None:
+        self.cluster = current()
+        self.cluster.check_meta_batch(int(config["meta_batch"]))
         self.algorithm, self.config, self.run = algorithm, config, run
         self.deadline = deadline  # a time.monotonic() value; training stops at the next step
-        self.report, self.show_progress = report, show_progress
+        self.report = self.cluster.main_only(report)
+        self.show_progress = show_progress and self.cluster.is_main
         self.placement: Placement = placement_for(config, algorithm.device)
+        if self.cluster.is_distributed:
+            # A captured graph holds its own .grad tensors, which averaging replaces, and would
+            # capture batch norm's collectives.
+            self.placement = replace(self.placement, cuda_graphs=False)
         config.update(self.placement.settings())  # config.yaml records what "auto" chose
-        self.tasks: TaskSource = load_tasks(config, self.placement.device, mirror, root, report)
+        with self.cluster.leader_first():
+            self.tasks: TaskSource = load_tasks(config, self.placement.device, mirror, root,
+                                                self.report)
         self.spec = self.tasks.spec
         if self.spec.task not in algorithm.tasks:
             raise UsageError(f"{algorithm.name} does not handle {self.spec.task} tasks "
@@ -81,6 +91,7 @@ class Trainer:
         self.sampler = self.tasks.sampler
         torch.manual_seed(int(config["seed"]))
         self.model = algorithm.build_model(self.spec).to(self.placement.device)
+        self.cluster.prepare_model(self.model, algorithm)
         if self.placement.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.step_model = torch.compile(self.model) if self.placement.compile else self.model
@@ -89,10 +100,17 @@ class Trainer:
         self.meta_gradient = gradient_step(algorithm, self.step_model, self.optimizer,
                                            self.placement)
         self.state = TrainingState(step=0, best_score=-math.inf, best_step=0)
-        self._stop_requested = False
+        self._stop_signalled = False  # Ctrl-C reached this process
+        self._stop_agreed = False  # under torchrun: it reached some rank by the last step's end
         self._saved_step: int | None = None  # the step last.pt holds, once written or read
         self.loggers = LoggerSet([])  # --set logger=...; opened by train()
         self.console_log: Report | None = None  # console.log; progress lines go there too
+
+    @property
+    def stop_requested(self) -> bool:
+        """Ctrl-C asked to stop: in this process, or under torchrun in any process by the end
+        of the last step (so that every rank stops after the same step)."""
+        return self._stop_agreed if self.cluster.is_distributed else self._stop_signalled
 
     @property
     def total_steps(self) -> int:
@@ -113,6 +131,7 @@ class Trainer:
             "step": self.state.step,
             "train_seconds": self.state.seconds,
             "statistics": self.algorithm.statistics,
+            "world_size": self.cluster.world_size,
         }
         if model_only:
             return payload
@@ -124,12 +143,18 @@ class Trainer:
                 "best_score": self.state.best_score,
                 "best_step": self.state.best_step}
 
+    def describe_placement(self) -> str:
+        """The device and settings, and the number of processes under torchrun."""
+        processes = self.cluster.world_size
+        return self.placement.describe() + (f", {processes} processes" if processes > 1 else "")
+
     def spec_shape(self) -> tuple[int, int, int]:
         return (self.spec.channels, self.spec.height, self.spec.width)
 
     def save_last(self) -> None:
         try:
-            save_checkpoint(self.run.last, self._payload())
+            if self.cluster.is_main:
+                save_checkpoint(self.run.last, self._payload())
         except DataError as error:
             raise DataError(f"{error.message}; {self._where_to_continue()}", error.hint) from None
         self._saved_step = self.state.step
@@ -154,7 +179,8 @@ class Trainer:
                                    float(checkpoint.get("train_seconds", 0.0)))
         self._saved_step = self.state.step
         self.algorithm.statistics = dict(checkpoint.get("statistics", {}))
-        self.run.truncate_metrics(self.state.step)
+        if self.cluster.is_main:
+            self.run.truncate_metrics(self.state.step)
 
     # --- the loop ----------------------------------------------------------------------------
 
@@ -162,14 +188,14 @@ class Trainer:
         self.report(f"training {self.algorithm.name} on {self.config['dataset']} "
                     f"({self.config['train_way']}-way {self.config['train_shot']}-shot, "
                     f"{self.total_steps} steps of {self.config['meta_batch']} tasks) on "
-                    f"{self.placement.describe()}; run folder {self.run.path}")
+                    f"{self.describe_placement()}; run folder {self.run.path}")
         first_step = self.state.step
         self.model.eval()
         self._refresh_statistics()
         try:
             with self._graceful_interrupt(), self._progress() as advance:
                 # At least one step per call, so that a spent deadline still makes progress.
-                while (self.state.step < self.total_steps and not self._stop_requested
+                while (self.state.step < self.total_steps and not self.stop_requested
                        and not (self.state.step > first_step and self.out_of_time())):
                     started = time.perf_counter()
                     record = self._one_step()
@@ -180,7 +206,7 @@ class Trainer:
                         self.state.seconds += time.perf_counter() - started
             if self.state.step < self.total_steps:
                 self.save_last()
-                reason = "" if self._stop_requested else " (out of time)"
+                reason = "" if self.stop_requested else " (out of time)"
                 self.report(f"stopped at step {self.state.step}{reason}; continue with "
                             f"`metactl train --resume {self.run.path}`")
             elif self._saved_step != self.state.step:
@@ -190,7 +216,9 @@ class Trainer:
         return self.state
 
     def out_of_time(self) -> bool:
-        return self.deadline is not None and time.monotonic() >= self.deadline
+        """Whether the deadline has passed; under torchrun, on any rank (every rank must stop
+        after the same step)."""
+        return self.deadline is not None and self.cluster.any(time.monotonic() >= self.deadline)
 
     def _due(self, every: int) -> bool:
         return self.state.step % every == 0 or self.state.step == self.total_steps
@@ -201,25 +229,32 @@ class Trainer:
 
     def _one_step(self) -> dict[str, Any]:
         started = time.perf_counter()
-        batch = self.sampler.sample(int(self.config["meta_batch"]))
+        self.cluster.seed_step(int(self.config["seed"]), self.state.step)
+        batch = self.cluster.sample(self.sampler, int(self.config["meta_batch"]))
         self.model.train()
         self.algorithm.progress = self.state.step / self.total_steps
         result = self.meta_gradient(batch)
+        self.cluster.average_gradients(self.model)
+        self.cluster.average_batch_norm_statistics(self.model)
         if float(self.config["grad_clip"]) > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(self.config["grad_clip"]))
         self.optimizer.step()
         self.schedule.step()
         self.state.step += 1
-        loss = float(result.loss.detach())
+        logged, self._stop_agreed = self.cluster.average(
+            {"loss": float(result.loss.detach()),
+             "accuracy": None if result.accuracy is None else float(result.accuracy),
+             **{name: float(value) for name, value in result.extra.items()}},
+            self._stop_signalled)
+        loss = logged["loss"]
         if not math.isfinite(loss):
             raise UsageError(f"the training loss became {loss} at step {self.state.step}; "
                              f"{self._where_to_continue()}",
                              "lower the learning rate (--lr) or try --set amp=none")
-        record = {"step": self.state.step, "loss": loss,
-                  "accuracy": None if result.accuracy is None else float(result.accuracy),
+        record = {"step": self.state.step, "loss": loss, "accuracy": logged["accuracy"],
                   "lr": self.schedule.get_last_lr()[0],
                   "seconds": time.perf_counter() - started,
-                  **{name: float(value) for name, value in result.extra.items()}}
+                  **{name: logged[name] for name in result.extra}}
         if self._due(max(1, int(self.config["val_every"]) // 10)):
             self._log({"kind": "train", **record})
             if self.console_log is not None:
@@ -238,8 +273,9 @@ class Trainer:
                 f"lr {record['lr']:.3g} {speed:.0f} tasks/s")
 
     def _log(self, record: dict[str, Any]) -> None:
-        self.run.append_metrics(record)
-        self.loggers.log(record)
+        if self.cluster.is_main:
+            self.run.append_metrics(record)
+            self.loggers.log(record)
 
     def _refresh_statistics(self) -> None:
         """Let the algorithm compute its statistics of the training data with the current
@@ -265,7 +301,8 @@ class Trainer:
             score = result.mean if self.tasks.higher_is_better else -result.mean
             if score > self.state.best_score:
                 self.state.best_score, self.state.best_step = score, self.state.step
-                save_checkpoint(self.run.best, self._payload(model_only=True))
+                if self.cluster.is_main:
+                    save_checkpoint(self.run.best, self._payload(model_only=True))
             self.report(f"step {self.state.step}/{self.total_steps}: validation "
                         f"{result.describe()} (best at step {self.state.best_step})")
         self.state.seconds += seconds_before + time.perf_counter() - started
@@ -276,9 +313,9 @@ class Trainer:
         """The first Ctrl-C finishes the current step, saves and stops; a second one aborts."""
 
         def request_stop(signum, frame):
-            if self._stop_requested:
+            if self._stop_signalled:
                 raise KeyboardInterrupt
-            self._stop_requested = True
+            self._stop_signalled = True
             self.report("stopping after this step (Ctrl-C again to abort without saving)")
 
         try:
@@ -348,8 +385,8 @@ def progress_display(console) -> str | None:
 
 def train(algorithm: str | type[Algorithm], config: dict[str, Any], *, out: Path | None = None,
           resume: Path | None = None, mirror: str | None = None, root: str | None = None,
-          report: Report = print, show_progress: bool = True, deadline: float | None = None
-          ) -> tuple[RunFolder, TrainingState]:
+          report: Report = print, show_progress: bool = True, deadline: float | None = None,
+          allow_world_size_change: bool = False) -> tuple[RunFolder, TrainingState]:
     """Train ``algorithm`` (a registered name or an :class:`Algorithm` subclass) with a resolved
     ``config``; return the run and its final state. The run folder also gets ``run.json`` (see
     :mod:`metactl.engine.record`), kept up to date as the status changes, and ``console.log``.
@@ -360,6 +397,10 @@ def train(algorithm: str | type[Algorithm], config: dict[str, Any], *, out: Path
     Everything that can be checked cheaply is checked before the data is loaded: the settings,
     the run folder (a file, a folder another process writes, a folder that holds a run), and
     the checkpoint a resume starts from.
+
+    Under torchrun, every process calls this; they train data-parallel and rank 0 alone holds
+    the run's lock and writes the run folder (:mod:`metactl.engine.distributed`). A resume
+    with another number of processes than the run's needs ``allow_world_size_change``.
     """
     from metactl.plugins import get_registry
 
@@ -370,10 +411,12 @@ def train(algorithm: str | type[Algorithm], config: dict[str, Any], *, out: Path
     run = RunFolder(Path(resume) if resume else Path(out) if out else default_run_folder(config))
     if not resume:
         check_output_folder(run.path, "--out")
-    with run.writing("metactl train"):
+    with joined(str(config["device"])) as cluster, cluster.on_main(run.writing, "metactl train"):
         checkpoint = resume_point(run, config) if resume else None
         if checkpoint is None:
             check_new_run(run)
+        else:  # before the data is loaded
+            cluster.check_resume(checkpoint, run.path, allow_world_size_change)
         return _train_in(run, instance, config, checkpoint, report=report,
                          show_progress=show_progress, mirror=mirror, root=root,
                          deadline=deadline)
@@ -383,20 +426,24 @@ def _train_in(run: RunFolder, algorithm: Algorithm, config: dict[str, Any],
               checkpoint: dict[str, Any] | None, *, report: Report, **options: Any
               ) -> tuple[RunFolder, TrainingState]:
     """Train in ``run``, which this process holds: build the trainer, restore ``checkpoint``
-    when resuming, and record the run's provenance and how it ended."""
+    when resuming, and record the run's provenance and how it ended. Under torchrun, the
+    other ranks train beside rank 0 and record nothing."""
     from metactl.engine.record import ConsoleLog, RunRecord
 
+    main = current().is_main
     console = ConsoleLog(run.path, report, opened=False)
-    trainer = Trainer(algorithm, config, run, console, **options)
+    trainer = Trainer(algorithm, config, run, console if main else report, **options)
     if checkpoint is not None:
         trainer.resume(checkpoint)
-    else:
+    if not main:
+        return run, trainer.train()
+    if checkpoint is None:
         run.start_metrics()
     run.write_config(config)
     console.open()
     trainer.console_log = console.write
     record = RunRecord.start(run.path, config, type(algorithm).__module__,
-                             trainer.placement.describe(), trainer.total_steps)
+                             trainer.describe_placement(), trainer.total_steps)
     with _recorded(trainer, record, console):
         trainer.loggers = LoggerSet.open(config.get("logger"), run.path, config,
                                          trainer.state.step)
@@ -419,7 +466,7 @@ def _recorded(trainer: Trainer, record, console):
     finally:
         trainer.loggers.close()
     record.progress(trainer.state.step, trainer.episodes_done)
-    record.finish("interrupted" if trainer._stop_requested else "finished")
+    record.finish("interrupted" if trainer.stop_requested else "finished")
 
 
 def _one_line(error: BaseException) -> str:

@@ -294,19 +294,25 @@ class ReptileSteps(_ParameterLoop):
 
     def _keep(self, state: InnerAdamState, moments: dict[str, Parameters], steps: int) -> None:
         """Fold the tasks' final moments, name -> (T, *shape), into the kept state as if the T
-        tasks had run in turn: m <- beta^(T k) m + sum_t beta^((T - 1 - t) k) (m_t - beta^k m)."""
+        tasks had run in turn: m <- beta^(T k) m + sum_t beta^((T - 1 - t) k) (m_t - beta^k m).
+        Under torchrun, each process holds a consecutive share of the meta-batch's tasks; the
+        shares' sums are added over the processes, each decayed by the tasks after it."""
+        from metactl.engine.distributed import current
+
+        cluster = current()
         tasks = next(iter(moments["second"].values())).shape[0]
+        later = (cluster.world_size - 1 - cluster.rank) * tasks  # tasks on the ranks after
+        everyone = cluster.world_size * tasks
         with torch.no_grad():
             for which, beta in zip(("first", "second"), self.betas, strict=True):
                 for name, final in moments[which].items():
                     kept = state.moment(which, name)
-                    weights = final.new_tensor([beta ** ((tasks - 1 - t) * steps)
+                    weights = final.new_tensor([beta ** ((later + tasks - 1 - t) * steps)
                                                 for t in range(tasks)])
                     increments = final - beta ** steps * kept
-                    combined = (beta ** (tasks * steps) * kept
-                                + torch.tensordot(weights, increments, dims=1))
-                    kept.copy_(combined)
-            state.steps += tasks * steps
+                    folded = cluster.sum(torch.tensordot(weights, increments, dims=1))
+                    kept.copy_(beta ** (everyone * steps) * kept + folded)
+            state.steps += everyone * steps
 
     def run(self, forward: Forward, parameters: Parameters, inputs: Tensor, targets: Tensor,
             *, steps: int | None = None, batch_size: int | None = None,

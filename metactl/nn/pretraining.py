@@ -102,6 +102,7 @@ class SupervisedPretraining(Algorithm):
     """
 
     family = "baseline"
+    batch_norm_spans_tasks = True  # pre-training classifies every task's images together
     defaults = PRETRAINING_DEFAULTS
     hyperparameter_help = PRETRAINING_HELP
 

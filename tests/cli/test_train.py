@@ -73,7 +73,8 @@ def test_ctrl_c_saves_and_the_run_resumes(omniglot_root, tmp_path):
          "--out", str(run)], stderr=subprocess.PIPE, text=True,
         env={**__import__("os").environ, "METACTL_HOME": str(omniglot_root)})
     deadline = time.monotonic() + 120
-    while not (run / "metrics.jsonl").is_file() and time.monotonic() < deadline:
+    metrics = run / "metrics.jsonl"  # created before training starts; a line once it runs
+    while not (metrics.is_file() and metrics.stat().st_size) and time.monotonic() < deadline:
         time.sleep(0.2)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)

@@ -58,7 +58,9 @@ def main_job(home: Path, run: Path, episodes: int, quick: bool = False) -> dict[
     config = yaml.safe_load((run / "config.yaml").read_text())
     return {
         "format": "metactl-main-job",
-        "command": " && ".join(" ".join(["metactl", *c[1:]]) for c in commands.values()),
+        # The run folder is temporary: the command names it RUN.
+        "command": " && ".join(" ".join(["metactl", *c[1:]]) for c in commands.values())
+        .replace(str(run), "RUN"),
         "seconds": {**{k: round(v, 1) for k, v in seconds.items()},
                     "total": round(sum(seconds.values()), 1)},
         "accuracy": result["mean"], "ci95": result["ci95"], "test_episodes": result["episodes"],

@@ -6,6 +6,10 @@ weights, same inner loop at test time): the untrained model already gains from a
 support set, so each test asserts that training gains ``MARGIN`` over it and clears an absolute
 threshold set several 95% intervals (about 2 points each) above the untrained figure and below
 the trained one.
+
+Measured on an AVX2 CPU with one thread, untrained -> trained (mean %, 100 episodes, 95%
+interval about 2 points): MAML 36.8 -> 55.1, first-order MAML 36.8 -> 49.7, Reptile
+41.7 -> 61.4, Meta-Learner LSTM 40.5 -> 56.9.
 """
 
 from __future__ import annotations
@@ -21,9 +25,9 @@ MARGIN = 0.06  # over the untrained model on the same episodes: about three 95% 
 RUNS = [
     # name, settings, absolute threshold
     pytest.param("maml", {"episodes": 640, "meta_batch": 16}, 0.45, id="maml"),
-    pytest.param("fomaml", {"episodes": 1280, "meta_batch": 16}, 0.42, id="fomaml"),
-    pytest.param("reptile", {"episodes": 400, "test_inner_steps": 20}, 0.48, id="reptile"),
-    pytest.param("meta-lstm", {"episodes": 30, "inner_epochs": 5, "lr": 3e-3}, 0.47,
+    pytest.param("fomaml", {"episodes": 1280, "meta_batch": 16}, 0.43, id="fomaml"),
+    pytest.param("reptile", {"episodes": 400, "test_inner_steps": 20}, 0.51, id="reptile"),
+    pytest.param("meta-lstm", {"episodes": 30, "inner_epochs": 5, "lr": 3e-3}, 0.48,
                  id="meta-lstm"),
 ]
 

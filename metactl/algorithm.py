@@ -218,6 +218,8 @@ class Algorithm:
             test time, for ``metactl evaluate --inner-steps``; ``None`` when there are none.
         learns_from_sequences: whether the algorithm implements :meth:`sequence_logits`, so
             that ``metactl evaluate --positions`` can score it by instance position (MANN).
+        trains_without_queries: whether the training loss needs no query set (Reptile), so
+            that ``train_query=0`` is accepted.
         paper_protocols: the paper's training protocols as data, by name: the settings that
             ``metactl train`` needs on top of the algorithm's defaults to train the model the
             paper evaluated (``{"omniglot-1shot": {"dataset": "omniglot", "shot": 1, ...}}``).
@@ -242,6 +244,7 @@ class Algorithm:
     tasks: ClassVar[tuple[str, ...]] = ("classification",)
     test_steps_setting: ClassVar[str | None] = None
     learns_from_sequences: ClassVar[bool] = False
+    trains_without_queries: ClassVar[bool] = False
     paper_protocols: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
     paper_results: ClassVar[tuple[PaperResult, ...]] = ()
     batch_norm_spans_tasks: ClassVar[bool] = False

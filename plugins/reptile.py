@@ -106,6 +106,7 @@ class Reptile(Algorithm):
     device = DeviceSettings(compile=False, channels_last=False)
     adapts_with_gradients = True
     test_steps_setting = "test_inner_steps"
+    trains_without_queries = True  # the meta-update only needs the adapted weights
 
     def __init__(self, hparams: dict[str, Any]) -> None:
         super().__init__(hparams)

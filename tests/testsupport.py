@@ -96,6 +96,28 @@ def train_briefly(name: str, settings: dict, root: Path, out: Path):
     return config, run, state
 
 
+def untrained_run(name: str, settings: dict, root: Path | None, out: Path):
+    """A run folder holding the model that ``train_briefly(name, settings, ...)`` starts from
+    (same seed, same initial weights, training statistics of that model), saved as step 0: the
+    untrained baseline that an "it learns" test must beat on the same evaluation."""
+    from metactl.engine.config import resolve_config
+    from metactl.engine.run import RunFolder
+    from metactl.engine.trainer import Trainer
+    from metactl.plugins import get_registry
+
+    algorithm_class = get_registry().get(name)
+    config = resolve_config(name, algorithm_class.defaults, {}, settings, {})
+    run = RunFolder(Path(out))
+    with run.writing("untrained_run"):
+        trainer = Trainer(algorithm_class(config), config, run, lambda message: None,
+                          show_progress=False, root=None if root is None else str(root))
+        run.write_config(config)
+        trainer.model.eval()
+        trainer._refresh_statistics()
+        trainer.save_last()
+    return run
+
+
 def float64_task_batch(tasks: int, way: int, shot: int, query: int, side: int, seed: int = 0):
     """Random float64 tasks of 1-channel ``side``-px images, labels in class order: for exact
     comparisons of an inner loop with its plain PyTorch reference."""

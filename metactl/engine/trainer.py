@@ -478,8 +478,10 @@ def _one_line(error: BaseException) -> str:
 
 
 def check_queries(algorithm: Algorithm, config: dict[str, Any]) -> None:
-    """Training tasks need queries, except for learners that read labelled sequences."""
-    if int(config["train_query"]) < 1 and not algorithm.learns_from_sequences:
+    """Training tasks need queries, except for learners that read labelled sequences or train
+    on the support set alone."""
+    if int(config["train_query"]) < 1 and not (algorithm.learns_from_sequences
+                                               or algorithm.trains_without_queries):
         raise UsageError(f"setting train_query must be positive for {algorithm.name}, got "
                          f"{config['train_query']}", "its loss is computed on the queries; "
                          "pass --set train_query=5, say")

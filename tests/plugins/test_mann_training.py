@@ -10,7 +10,7 @@ queries, so no label-counting strategy can beat chance: only reading the memory 
 from __future__ import annotations
 
 import pytest
-from testsupport import train_briefly
+from testsupport import train_briefly, untrained_run
 
 from metactl.engine.evaluator import evaluate_run
 
@@ -20,10 +20,19 @@ SMALL = {"device": "cpu", "val_episodes": 0, "val_every": 100_000, "seed": 0, "w
 
 
 @pytest.mark.slow
-def test_short_training_binds_images_to_labels(omniglot_root, tmp_path):
+def test_short_training_binds_images_to_labels(omniglot_root, tmp_path, record_property):
+    untrained = evaluate(untrained_run("mann", SMALL, omniglot_root, tmp_path / "untrained").path,
+                         omniglot_root)
     _, run, state = train_briefly("mann", SMALL, omniglot_root, tmp_path / "mann")
     assert state.step == 1500
-    result = evaluate_run(run.path, episodes=200, way=2, shot=1, root=str(omniglot_root))
+    trained = evaluate(run.path, omniglot_root)
+    record_property("untrained", round(untrained.mean, 4))
+    record_property("trained", round(trained.mean, 4))
+    assert trained.mean > untrained.mean + 0.06, (untrained, trained)
+    assert trained.mean > 0.62, trained
+
+
+def evaluate(run_path, root):
+    result = evaluate_run(run_path, episodes=200, way=2, shot=1, root=str(root))
     assert (result.way, result.shot, result.episodes) == (2, 1, 200)
-    # Chance is 50%; the untrained model scores 50.6% here, this run 74.0% when written.
-    assert result.mean > 0.62, result
+    return result

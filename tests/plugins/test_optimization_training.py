@@ -1,37 +1,54 @@
 """MAML, first-order MAML, Reptile and Meta-Learner LSTM learn on real Omniglot in a short CPU run.
 
 Each trains for a few seconds, then is evaluated on 100 fixed 5-way 1-shot test episodes
-(chance: 20%). The thresholds sit above what the untrained model reaches with the same inner
-loop, measured at 36% (MAML), 36% (first-order MAML), 41% (Reptile, 20 test steps) and
-41% (Meta-Learner LSTM, 5 passes).
+(15 queries per class; chance: 20%), as is the same model before training (same seed, same
+weights, same inner loop at test time): the untrained model already gains from adapting on the
+support set, so each test asserts that training gains ``MARGIN`` over it and clears an absolute
+threshold set several 95% intervals (about 2 points each) above the untrained figure and below
+the trained one.
+
+Measured on an AVX2 CPU with one thread, untrained -> trained (mean %, 100 episodes, 95%
+interval about 2 points): MAML 36.8 -> 55.1, first-order MAML 36.8 -> 49.7, Reptile
+41.7 -> 61.4, Meta-Learner LSTM 40.5 -> 56.9.
 """
 
 from __future__ import annotations
 
 import pytest
-from testsupport import train_briefly
+from testsupport import train_briefly, untrained_run
 
 from metactl.engine.evaluator import evaluate_run
 
 QUICK = {"device": "cpu", "val_episodes": 0, "val_every": 100_000, "seed": 0}
+MARGIN = 0.06  # over the untrained model on the same episodes: about three 95% intervals
 
 RUNS = [
-    # name, settings, threshold (accuracy reached when written: 55%, 50%, 57%, 57%)
+    # name, settings, absolute threshold
     pytest.param("maml", {"episodes": 640, "meta_batch": 16}, 0.45, id="maml"),
-    pytest.param("fomaml", {"episodes": 1280, "meta_batch": 16}, 0.42, id="fomaml"),
-    pytest.param("reptile", {"episodes": 400, "test_inner_steps": 20}, 0.48, id="reptile"),
-    pytest.param("meta-lstm", {"episodes": 30, "inner_epochs": 5, "lr": 3e-3}, 0.47,
+    pytest.param("fomaml", {"episodes": 1280, "meta_batch": 16}, 0.43, id="fomaml"),
+    pytest.param("reptile", {"episodes": 400, "test_inner_steps": 20}, 0.51, id="reptile"),
+    pytest.param("meta-lstm", {"episodes": 30, "inner_epochs": 5, "lr": 3e-3}, 0.48,
                  id="meta-lstm"),
 ]
+
+
+def evaluate(run_path, root):
+    result = evaluate_run(run_path, episodes=100, way=5, shot=1, root=str(root))
+    assert (result.way, result.shot, result.episodes) == (5, 1, 100)
+    return result
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("name", "settings", "threshold"), RUNS)
 def test_short_training_beats_the_untrained_model(omniglot_root, tmp_path, name, settings,
-                                                   threshold):
-    config, run, state = train_briefly(name, {**QUICK, **settings}, omniglot_root,
-                                       tmp_path / name)
+                                                   threshold, record_property):
+    values = {**QUICK, **settings}
+    untrained = evaluate(untrained_run(name, values, omniglot_root, tmp_path / "untrained").path,
+                         omniglot_root)
+    config, run, state = train_briefly(name, values, omniglot_root, tmp_path / name)
     assert state.step == config["episodes"] // config["meta_batch"]
-    result = evaluate_run(run.path, episodes=100, way=5, shot=1, root=str(omniglot_root))
-    assert (result.way, result.shot, result.episodes) == (5, 1, 100)
-    assert result.mean > threshold, result
+    trained = evaluate(run.path, omniglot_root)
+    record_property("untrained", round(untrained.mean, 4))
+    record_property("trained", round(trained.mean, 4))
+    assert trained.mean > untrained.mean + MARGIN, (untrained, trained)
+    assert trained.mean > threshold, trained

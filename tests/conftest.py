@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,21 @@ def pytest_configure(config) -> None:
     from metactl.engine.device import keep_freed_memory
 
     keep_freed_memory()
+    _share_cores_among_workers()
+
+
+def _share_cores_among_workers() -> None:
+    """Under pytest-xdist (`-n auto`), give each worker its share of the cores: torch's default
+    of one thread per core in every worker would oversubscribe the machine several times over.
+    Subprocesses (the `metactl` command, torchrun) inherit the setting."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers <= 1:
+        return
+    import torch
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
@@ -27,8 +44,20 @@ def omniglot_root(tmp_path_factory) -> Path:
         pytest.skip(f"the Omniglot mirror is not at {SHARED_DATASETS}")
     reuse = os.environ.get("METACTL_TEST_HOME")
     root = Path(reuse) if reuse else tmp_path_factory.mktemp("metactl-home")
-    fetch_dataset("omniglot", root=root, mirror=str(SHARED_DATASETS))
+    with _held(root / ".test-fetch.lock"):  # xdist workers share a reused root
+        fetch_dataset("omniglot", root=root, mirror=str(SHARED_DATASETS))
     return root
+
+
+@contextlib.contextmanager
+def _held(lock: Path) -> Iterator[None]:
+    """Block until this process holds the exclusive lock file ``lock``."""
+    import fcntl
+
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 @pytest.fixture(scope="session")

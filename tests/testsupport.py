@@ -118,6 +118,45 @@ def untrained_run(name: str, settings: dict, root: Path | None, out: Path):
     return run
 
 
+@dataclass(frozen=True)
+class TrainingGain:
+    """One "it learns" measurement: the same evaluation before and after a short training."""
+
+    untrained: object  # metactl.engine.evaluator.EvaluationResult
+    trained: object
+    config: dict
+    steps: int
+
+
+def measure_training_gain(name: str, settings: dict, root: Path, out: Path,
+                          evaluation: dict, record_property) -> TrainingGain:
+    """Evaluate the untrained model, train briefly, evaluate again on the same fixed test
+    episodes (``evaluation``: evaluate_run's episodes, way, shot and query), and record both
+    means as test properties (``pytest --junitxml`` keeps them for the next calibration)."""
+    untrained = evaluate_briefly(untrained_run(name, settings, root, out / "untrained").path,
+                                 root, evaluation)
+    config, run, state = train_briefly(name, settings, root, out / "run")
+    assert run.best.is_file()
+    trained = evaluate_briefly(run.path, root, evaluation)
+    record_property("untrained", round(untrained.mean, 4))
+    record_property("trained", round(trained.mean, 4))
+    return TrainingGain(untrained, trained, config, state.step)
+
+
+def evaluate_briefly(run_path: Path, root: Path, evaluation: dict):
+    """``evaluate_run`` on the fixed test episodes that ``evaluation`` describes, checked to be
+    the episodes asked for."""
+    from metactl.engine.evaluator import evaluate_run
+
+    result = evaluate_run(run_path, root=str(root), **evaluation)
+    asked = tuple(evaluation.get(key) for key in ("episodes", "way", "shot", "query"))
+    got = (result.episodes, result.way, result.shot, result.query)
+    assert all(want is None or want == value for want, value in zip(asked, got, strict=True)), (
+        asked, got)
+    assert 0 < result.ci95 < 0.1
+    return result
+
+
 def float64_task_batch(tasks: int, way: int, shot: int, query: int, side: int, seed: int = 0):
     """Random float64 tasks of 1-channel ``side``-px images, labels in class order: for exact
     comparisons of an inner loop with its plain PyTorch reference."""

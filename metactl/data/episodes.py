@@ -84,6 +84,20 @@ class SplitData:
         return replace(self, images=torch.cat([self.images, other.images]), offsets=offsets,
                        class_names=self.class_names + other.class_names, name=name)
 
+    def spread_classes(self, count: int) -> SplitData:
+        """``count`` of this split's sampling classes, spread evenly over its stored classes
+        (each stored class brings all its rotations, so ``count`` rounds up to a multiple of
+        them); the whole split when it has no more."""
+        wanted = min(self.stored_classes, -(-count // len(self.rotations)))
+        if wanted >= self.stored_classes:
+            return self
+        chosen = torch.linspace(0, self.stored_classes - 1, wanted).round().long().tolist()
+        starts, ends = self.offsets[:-1].tolist(), self.offsets[1:].tolist()
+        pieces = [self.images[starts[c]:ends[c]] for c in chosen]
+        sizes = torch.tensor([0] + [len(piece) for piece in pieces])
+        return replace(self, images=torch.cat(pieces), offsets=sizes.cumsum(0),
+                       class_names=tuple(self.class_names[c] for c in chosen))
+
     def to(self, device: torch.device | str) -> SplitData:
         return replace(self, images=self.images.to(device), offsets=self.offsets.to(device))
 

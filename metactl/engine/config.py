@@ -28,6 +28,7 @@ ENGINE_DEFAULTS: dict[str, Any] = {
     "train_shot": None,
     "train_query": None,
     "train_split": "train",
+    "train_classes": 0,
     "episodes": 10000,
     "meta_batch": 1,
     "optimizer": "adam",
@@ -75,6 +76,8 @@ ENGINE_HELP = {
     "train_way": "classes per training task (default: way)",
     "train_shot": "support images per class in training (default: shot)",
     "train_query": "query images per class in training (default: query)",
+    "train_classes": "train on this many of the training classes, spread evenly over them (0: "
+                     "all); for quick experiments and tests",
     "train_split": "train, or trainval: train on the train and val classes together (no "
                    "validation), as papers do for their final models",
     "episodes": "training tasks in all (steps = episodes / meta_batch)",
@@ -219,8 +222,8 @@ def _nearest_key_hint(key: str, allowed: set[str], algorithm_name: str) -> str:
 # Engine settings that are counts, with the least value that makes sense.
 WHOLE_NUMBERS = {
     "way": 1, "shot": 1, "query": 1, "train_way": 1, "train_shot": 1, "train_query": 0,
-    "episodes": 1, "meta_batch": 1, "val_every": 1, "val_episodes": 0, "eval_episodes": 1,
-    "seed": 0, "eval_seed": 0, "lr_decay_every": 0, "size": 1,
+    "train_classes": 0, "episodes": 1, "meta_batch": 1, "val_every": 1, "val_episodes": 0,
+    "eval_episodes": 1, "seed": 0, "eval_seed": 0, "lr_decay_every": 0, "size": 1,
 }
 # Engine settings that are real numbers: whether zero is allowed.
 REAL_NUMBERS = {"lr": True, "momentum": True, "rmsprop_alpha": True, "weight_decay": True,

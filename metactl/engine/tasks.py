@@ -137,5 +137,7 @@ def load_tasks(config: dict[str, Any], device: torch.device, mirror: str | None,
             raise UsageError(f"the {scheme.name} split of {card.name} has no val classes to "
                              "train on", "drop --set train_split=trainval")
         train, val = train.joined(val, "trainval"), None
+    if int(config.get("train_classes") or 0):  # runs saved before the setting lack it
+        train = train.spread_classes(int(config["train_classes"]))
     return ImageTasks(config, train.to(device), None if val is None else val.to(device),
                       card.geometry.invert, scheme.name, size)

@@ -172,3 +172,16 @@ def test_damaged_episode_files(train, tmp_path):
         with pytest.raises(DataError, match=messages[name]) as caught:
             EpisodeSet.load(tmp_path / name)
         assert "metactl data split" in caught.value.hint
+
+
+def test_spread_classes_keeps_whole_stored_classes_spread_over_the_split():
+    counts = [3, 2, 4, 1, 2]  # images per stored class
+    images = torch.cat([torch.full((count, 2, 2), index, dtype=torch.uint8)
+                        for index, count in enumerate(counts)])
+    offsets = torch.tensor([0, 3, 5, 9, 10, 12])
+    split = SplitData(images, offsets, tuple("abcde"), rotations=(0, 90), name="train")
+    subset = split.spread_classes(5)  # 5 sampling classes -> 3 stored classes, with rotations
+    assert subset.class_names == ("a", "c", "e") and subset.num_classes == 6
+    assert subset.offsets.tolist() == [0, 3, 7, 9]
+    assert subset.images[:, 0, 0].tolist() == [0, 0, 0, 2, 2, 2, 2, 4, 4]
+    assert split.spread_classes(10) is split and split.spread_classes(99) is split

@@ -10,9 +10,7 @@ queries, so no label-counting strategy can beat chance: only reading the memory 
 from __future__ import annotations
 
 import pytest
-from testsupport import train_briefly, untrained_run
-
-from metactl.engine.evaluator import evaluate_run
+from testsupport import measure_training_gain
 
 SMALL = {"device": "cpu", "val_episodes": 0, "val_every": 100_000, "seed": 0, "way": 2,
          "train_shot": 3, "memory_slots": 16, "controller_size": 100, "optimizer": "adam",
@@ -21,18 +19,8 @@ SMALL = {"device": "cpu", "val_episodes": 0, "val_every": 100_000, "seed": 0, "w
 
 @pytest.mark.slow
 def test_short_training_binds_images_to_labels(omniglot_root, tmp_path, record_property):
-    untrained = evaluate(untrained_run("mann", SMALL, omniglot_root, tmp_path / "untrained").path,
-                         omniglot_root)
-    _, run, state = train_briefly("mann", SMALL, omniglot_root, tmp_path / "mann")
-    assert state.step == 1500
-    trained = evaluate(run.path, omniglot_root)
-    record_property("untrained", round(untrained.mean, 4))
-    record_property("trained", round(trained.mean, 4))
-    assert trained.mean > untrained.mean + 0.06, (untrained, trained)
-    assert trained.mean > 0.62, trained
-
-
-def evaluate(run_path, root):
-    result = evaluate_run(run_path, episodes=200, way=2, shot=1, root=str(root))
-    assert (result.way, result.shot, result.episodes) == (2, 1, 200)
-    return result
+    gain = measure_training_gain("mann", SMALL, omniglot_root, tmp_path,
+                                 {"episodes": 200, "way": 2, "shot": 1}, record_property)
+    assert gain.steps == 1500
+    assert gain.trained.mean > gain.untrained.mean + 0.06, gain
+    assert gain.trained.mean > 0.62, gain.trained

@@ -17,9 +17,7 @@ room for a late start.
 from __future__ import annotations
 
 import pytest
-from testsupport import train_briefly, untrained_run
-
-from metactl.engine.evaluator import evaluate_run
+from testsupport import measure_training_gain
 
 SETTINGS = {"device": "cpu", "val_episodes": 0, "val_every": 100_000, "seed": 0,
             "episodes": 400, "hidden": 16, "lr": 3e-3}
@@ -27,19 +25,9 @@ SETTINGS = {"device": "cpu", "val_episodes": 0, "val_every": 100_000, "seed": 0,
 
 @pytest.mark.slow
 def test_short_training_beats_the_untrained_model(omniglot_root, tmp_path, record_property):
-    untrained = evaluate(untrained_run("metanet", SETTINGS, omniglot_root,
-                                       tmp_path / "untrained").path, omniglot_root)
-    config, run, state = train_briefly("metanet", SETTINGS, omniglot_root, tmp_path / "metanet")
-    assert (config["augmented_layers"], config["train_query"]) == (6, 10)
-    assert state.step == SETTINGS["episodes"]
-    trained = evaluate(run.path, omniglot_root)
-    record_property("untrained", round(untrained.mean, 4))
-    record_property("trained", round(trained.mean, 4))
-    assert trained.mean > untrained.mean + 0.15, (untrained, trained)
-    assert trained.mean > 0.40, trained
-
-
-def evaluate(run_path, root):
-    result = evaluate_run(run_path, episodes=100, way=5, shot=1, root=str(root))
-    assert (result.way, result.shot, result.episodes) == (5, 1, 100)
-    return result
+    gain = measure_training_gain("metanet", SETTINGS, omniglot_root, tmp_path,
+                                 {"episodes": 100, "way": 5, "shot": 1}, record_property)
+    assert (gain.config["augmented_layers"], gain.config["train_query"]) == (6, 10)
+    assert gain.steps == SETTINGS["episodes"]
+    assert gain.trained.mean > gain.untrained.mean + 0.15, gain
+    assert gain.trained.mean > 0.40, gain.trained

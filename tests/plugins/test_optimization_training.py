@@ -15,9 +15,7 @@ interval about 2 points): MAML 36.8 -> 55.1, first-order MAML 36.8 -> 49.7, Rept
 from __future__ import annotations
 
 import pytest
-from testsupport import train_briefly, untrained_run
-
-from metactl.engine.evaluator import evaluate_run
+from testsupport import measure_training_gain
 
 QUICK = {"device": "cpu", "val_episodes": 0, "val_every": 100_000, "seed": 0}
 MARGIN = 0.06  # over the untrained model on the same episodes: about three 95% intervals
@@ -30,25 +28,15 @@ RUNS = [
     pytest.param("meta-lstm", {"episodes": 30, "inner_epochs": 5, "lr": 3e-3}, 0.48,
                  id="meta-lstm"),
 ]
-
-
-def evaluate(run_path, root):
-    result = evaluate_run(run_path, episodes=100, way=5, shot=1, root=str(root))
-    assert (result.way, result.shot, result.episodes) == (5, 1, 100)
-    return result
+EVALUATION = {"episodes": 100, "way": 5, "shot": 1}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("name", "settings", "threshold"), RUNS)
 def test_short_training_beats_the_untrained_model(omniglot_root, tmp_path, name, settings,
                                                    threshold, record_property):
-    values = {**QUICK, **settings}
-    untrained = evaluate(untrained_run(name, values, omniglot_root, tmp_path / "untrained").path,
-                         omniglot_root)
-    config, run, state = train_briefly(name, values, omniglot_root, tmp_path / name)
-    assert state.step == config["episodes"] // config["meta_batch"]
-    trained = evaluate(run.path, omniglot_root)
-    record_property("untrained", round(untrained.mean, 4))
-    record_property("trained", round(trained.mean, 4))
-    assert trained.mean > untrained.mean + MARGIN, (untrained, trained)
-    assert trained.mean > threshold, trained
+    gain = measure_training_gain(name, {**QUICK, **settings}, omniglot_root, tmp_path,
+                                 EVALUATION, record_property)
+    assert gain.steps == gain.config["episodes"] // gain.config["meta_batch"]
+    assert gain.trained.mean > gain.untrained.mean + MARGIN, gain
+    assert gain.trained.mean > threshold, gain.trained

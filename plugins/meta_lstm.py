@@ -5,7 +5,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from metactl import hookimpl
-from metactl.algorithm import Algorithm, DeviceSettings, LabelledImages, ModelSpec
+from metactl.algorithm import (
+    Algorithm,
+    DeviceSettings,
+    LabelledImages,
+    ModelSpec,
+    PaperResult,
+)
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -44,6 +50,14 @@ class MetaLearnerLSTM(Algorithm):
     family = "optimization"
     summary = "an LSTM, trained across tasks, is the optimizer of a small classifier"
     paper = ("Ravi & Larochelle (2017). Optimization as a Model for Few-Shot Learning. ICLR.")
+    # The paper reports mini-ImageNet only (Table 1), one model per shot.
+    paper_protocols = {f"mini-imagenet-5w{shot}s": {"dataset": "mini-imagenet", "way": 5,
+                                                    "shot": shot}
+                       for shot in (1, 5)}
+    paper_results = tuple(
+        PaperResult("mini-imagenet", 5, shot, accuracy, f"mini-imagenet-5w{shot}s", ci95=ci95,
+                    source="Table 1", tolerance=1.0)
+        for shot, accuracy, ci95 in ((1, 43.44, 0.77), (5, 60.60, 0.71)))
     defaults = {
         # The authors' mini-ImageNet 5-shot settings: 5 passes in batches of 5, 75000 episodes
         # one at a time, Adam 0.001, gradient norm clipped at 0.25 (1-shot: 12 passes).

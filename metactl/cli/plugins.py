@@ -91,6 +91,7 @@ def _entry_details(entry: RegisteredAlgorithm, engine_defaults: Mapping[str, Any
     for key, text in algorithm.hyperparameter_help.items():
         hyperparameters.setdefault(key, {"defaults": {}, "help": text})
     return {**_entry_summary(entry), "paper": algorithm.paper,
+            "paper_results": [asdict(row) for row in algorithm.paper_results],
             "adapts_with_gradients": algorithm.adapts_with_gradients,
             "device": asdict(algorithm.device),
             "hyperparameters": hyperparameters, "engine_settings": engine}
@@ -99,12 +100,25 @@ def _entry_details(entry: RegisteredAlgorithm, engine_defaults: Mapping[str, Any
 def _print_details(details: dict[str, Any]) -> None:
     typer.echo(f"{details['name']} ({details['family']}): {details['summary']}")
     typer.echo(f"  paper:    {details['paper'] or '-'}")
+    for dataset, figures in _paper_figures(details["paper_results"]).items():
+        typer.echo(f"  results:  {dataset}: {figures}")
     typer.echo(f"  package:  {details['distribution']} (entry point {details['plugin']})")
     typer.echo(f"  device:   {_device_line(details['device'])}")
     typer.echo("\nHyperparameters (set with --set KEY=VALUE or a --config file):")
     _print_settings(details["hyperparameters"])
     typer.echo("\nEngine settings (the algorithm's defaults override the engine's):")
     _print_settings(details["engine_settings"])
+
+
+def _paper_figures(rows: list[dict[str, Any]]) -> dict[str, str]:
+    """The paper's figures per dataset and source: ``{"omniglot (Table 1)": "5w1s 98.8, ..."}``."""
+    figures: dict[str, list[str]] = {}
+    for row in rows:
+        interval = f" ± {row['ci95']}" if row["ci95"] is not None else ""
+        where = f"{row['dataset']} ({row['source']})" if row["source"] else row["dataset"]
+        figures.setdefault(where, []).append(
+            f"{row['way']}w{row['shot']}s {row['accuracy']}{interval}")
+    return {where: ", ".join(texts) for where, texts in figures.items()}
 
 
 def _device_line(device: Mapping[str, Any]) -> str:

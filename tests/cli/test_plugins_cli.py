@@ -83,6 +83,7 @@ def test_info_shows_paper_device_hyperparameters_and_engine_settings():
     assert text.startswith("prototypical (metric): ")
     assert "Snell, Swersky & Zemel (2017)" in text
     assert "package:  metactl 0.1" in text and "prefers cuda, cpu" in text
+    assert "results:  omniglot (Table 1): 5w1s 98.8, 5w5s 99.7, 20w1s 96.0, 20w5s 98.9" in text
     hyperparameters, _, engine = text.partition("Engine settings")
     assert "backbone" in hyperparameters and "conv4" in hyperparameters
     assert "lr " not in hyperparameters, "engine settings are listed apart"
@@ -97,6 +98,9 @@ def test_info_as_json_keeps_the_defaults_per_setting():
     assert details["engine_settings"]["train_way"]["defaults"] == {
         "engine": None, "omniglot": 60, "mini-imagenet/1-shot": 30, "mini-imagenet/5-shot": 20}
     assert details["device"]["preferred"] == ["cuda", "cpu"]
+    first = details["paper_results"][0]
+    assert (first["dataset"], first["way"], first["shot"], first["accuracy"]) == (
+        "omniglot", 5, 1, 98.8)
 
 
 def test_info_of_an_unknown_name_suggests_the_nearest():

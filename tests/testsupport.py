@@ -126,6 +126,7 @@ class TrainingGain:
     trained: object
     config: dict
     steps: int
+    run: object  # metactl.engine.run.RunFolder
 
 
 def measure_training_gain(name: str, settings: dict, root: Path, out: Path,
@@ -136,11 +137,10 @@ def measure_training_gain(name: str, settings: dict, root: Path, out: Path,
     untrained = evaluate_briefly(untrained_run(name, settings, root, out / "untrained").path,
                                  root, evaluation)
     config, run, state = train_briefly(name, settings, root, out / "run")
-    assert run.best.is_file()
     trained = evaluate_briefly(run.path, root, evaluation)
     record_property("untrained", round(untrained.mean, 4))
     record_property("trained", round(trained.mean, 4))
-    return TrainingGain(untrained, trained, config, state.step)
+    return TrainingGain(untrained, trained, config, state.step, run)
 
 
 def evaluate_briefly(run_path: Path, root: Path, evaluation: dict):

@@ -51,6 +51,6 @@ def test_short_training_beats_the_untrained_model(name, threshold, omniglot_root
         values.update(PRETRAINING)
     gain = measure_training_gain(name, values, omniglot_root, tmp_path, EVALUATION,
                                  record_property)
-    assert gain.steps == values["episodes"]
+    assert gain.steps == values["episodes"] and gain.run.best.is_file()
     assert gain.trained.mean > gain.untrained.mean + MARGIN, gain
     assert gain.trained.mean > threshold, gain.trained

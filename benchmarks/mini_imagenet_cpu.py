@@ -45,7 +45,7 @@ TITLE = "mini-ImageNet: short CPU runs, not the paper protocols"
 SHORT_RUNS: dict[str, dict[str, Any]] = {
     # 5-shot training episodes: with one support image per class, the unscaled squared
     # distances over 400 features give a query loss of about 50 at the start, and the first
-    # ~1,000 steps only shrink the embedding (see docs/datasets.md).
+    # several hundred steps only shrink the embedding (docs/datasets.md, "Short CPU runs").
     "prototypical": {"hidden": 16, "train_way": 5, "train_shot": 5, "train_query": 5,
                      "episodes": 800},
     "matching": {"hidden": 16, "fce": False, "train_way": 5, "train_query": 5,

@@ -82,3 +82,10 @@ def test_metactl_results_renders_a_short_run_report(tmp_path):
     assert "| `stuck` |" in output.read_text(encoding="utf-8")
     checked = run_metactl("results", str(tmp_path / "reports"), "-o", str(output), "--check")
     assert checked.returncode == 0, checked.stderr
+
+
+def test_a_report_with_no_rows_yet_still_renders(tmp_path):
+    report = {**short_runs_report(), "algorithms": {}, "_path": tmp_path / "short.json"}
+    text = render_results([], tmp_path, short_runs=[report])
+    assert "## mini-ImageNet: short CPU runs, not the paper protocols" in text
+    assert "| algorithm |" not in text

@@ -535,6 +535,12 @@ def _paper_protocol_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _notes(entries: dict[str, dict[str, Any]]) -> list[str]:
+    notes = [f"- `{name}`: {entry['note']}." for name, entry in entries.items()
+             if entry.get("note")]
+    return [*notes, ""] if notes else []
+
+
 def short_runs_lines(report: dict[str, Any], root: Path) -> list[str]:
     """A RESULTS.md section: one row per algorithm (untrained and trained test accuracy), then
     the paper protocols' commands."""
@@ -551,6 +557,7 @@ def short_runs_lines(report: dict[str, Any], root: Path) -> list[str]:
                   "| trained (95% CI) | gain | beats untrained |",
                   "|---|---|---|---|---|---|---|---|",
                   *[_short_run_row(name, entry) for name, entry in entries.items()], "",
+                  *_notes(entries),
                   f"Measured on {'; '.join(machines)}; {when}. Report: [{relative}]({relative}); "
                   "regenerate a row with its `command` there (e.g. `python "
                   f"benchmarks/mini_imagenet_cpu.py --algorithms {next(iter(entries))}`), then "

@@ -160,7 +160,12 @@ def results(
         "give.")] = False,
 ):
     """Render RESULTS.md from the reproduce reports, so every figure has a report behind it."""
-    from metactl.engine.reports import find_main_jobs, find_reports, render_results
+    from metactl.engine.reports import (
+        find_main_jobs,
+        find_reports,
+        find_short_runs,
+        render_results,
+    )
     from metactl.engine.run import write_text_atomic
     from metactl.errors import DataError, UsageError
 
@@ -170,7 +175,7 @@ def results(
     preamble = reports / "README.md"
     text = render_results(find_reports(reports), output.resolve().parent,
                           preamble.read_text(encoding="utf-8") if preamble.is_file() else "",
-                          find_main_jobs(reports))
+                          find_main_jobs(reports), find_short_runs(reports))
     if check:
         current = output.read_text(encoding="utf-8") if output.is_file() else ""
         if current != text:

@@ -65,3 +65,30 @@ def test_main_job_report_records_time_accuracy_and_machine(omniglot_root, tmp_pa
     text = results.read_text()
     assert "## The README's main job" in text
     assert f"{100 * report['accuracy']:.2f} ± {100 * report['ci95']:.2f} (20 5-way" in text
+
+
+def test_mini_imagenet_rows_merge_into_the_report_and_keep_the_others(tmp_path):
+    """Rerunning some algorithms replaces their rows only (the training itself needs the
+    mini-ImageNet store; these rows are made up)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mini_imagenet_cpu",
+                                                  BENCHMARKS / "mini_imagenet_cpu.py")
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    result = {"settings": {"hidden": 16}, "steps": 3, "untrained": {"mean": 0.25},
+              "trained": {"mean": 0.3}}
+    report = tmp_path / "reports" / "short-cpu.json"
+    benchmark.record(report, "maml", result, "python benchmarks/mini_imagenet_cpu.py maml")
+    benchmark.record(report, "prototypical", {**result, "steps": 4}, "command")
+    benchmark.record(report, "maml", {**result, "steps": 5}, "again")
+    written = json.loads(report.read_text())
+    assert written["format"] == "metactl-short-runs" and written["dataset"] == "mini-imagenet"
+    assert list(written["algorithms"]) == ["prototypical", "maml"]  # the benchmark's order
+    assert written["algorithms"]["maml"]["steps"] == 5
+    assert written["algorithms"]["maml"]["command"] == "again"
+    assert written["algorithms"]["prototypical"]["steps"] == 4
+    assert written["algorithms"]["maml"]["machine"]["torch"]
+    report.write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(SystemExit, match="not a mini-imagenet short-runs report"):
+        benchmark.record(report, "maml", result, "command")

@@ -97,25 +97,14 @@ def train_briefly(name: str, settings: dict, root: Path, out: Path):
 
 
 def untrained_run(name: str, settings: dict, root: Path | None, out: Path):
-    """A run folder holding the model that ``train_briefly(name, settings, ...)`` starts from
-    (same seed, same initial weights, training statistics of that model), saved as step 0: the
-    untrained baseline that an "it learns" test must beat on the same evaluation."""
+    """A run folder holding the model that ``train_briefly(name, settings, ...)`` starts from,
+    saved as step 0: the untrained baseline that an "it learns" test must beat."""
     from metactl.engine.config import resolve_config
-    from metactl.engine.run import RunFolder
-    from metactl.engine.trainer import Trainer
+    from metactl.engine.trainer import save_untrained
     from metactl.plugins import get_registry
 
-    algorithm_class = get_registry().get(name)
-    config = resolve_config(name, algorithm_class.defaults, {}, settings, {})
-    run = RunFolder(Path(out))
-    with run.writing("untrained_run"):
-        trainer = Trainer(algorithm_class(config), config, run, lambda message: None,
-                          show_progress=False, root=None if root is None else str(root))
-        run.write_config(config)
-        trainer.model.eval()
-        trainer._refresh_statistics()
-        trainer.save_last()
-    return run
+    config = resolve_config(name, get_registry().get(name).defaults, {}, settings, {})
+    return save_untrained(name, config, Path(out), root=None if root is None else str(root))
 
 
 @dataclass(frozen=True)

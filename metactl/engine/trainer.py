@@ -422,6 +422,25 @@ def train(algorithm: str | type[Algorithm], config: dict[str, Any], *, out: Path
                          deadline=deadline)
 
 
+def save_untrained(algorithm: str | type[Algorithm], config: dict[str, Any], out: Path, *,
+                   root: str | None = None) -> RunFolder:
+    """A run folder at ``out`` holding the model that ``train(algorithm, config)`` starts from
+    (same seed, same initial weights, the training statistics of that model), saved as step 0:
+    the untrained baseline that a trained run is compared with on the same evaluation."""
+    from metactl.plugins import get_registry
+
+    algorithm_class = get_registry().get(algorithm) if isinstance(algorithm, str) else algorithm
+    run = RunFolder(Path(out))
+    with run.writing("save_untrained"):
+        trainer = Trainer(algorithm_class(config), config, run, lambda message: None,
+                          show_progress=False, root=root)
+        run.write_config(config)
+        trainer.model.eval()
+        trainer._refresh_statistics()
+        trainer.save_last()
+    return run
+
+
 def _train_in(run: RunFolder, algorithm: Algorithm, config: dict[str, Any],
               checkpoint: dict[str, Any] | None, *, report: Report, **options: Any
               ) -> tuple[RunFolder, TrainingState]:

@@ -12,12 +12,16 @@ from metactl.algorithm import (
     ModelSpec,
     PaperResult,
 )
+from metactl.errors import UsageError
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
 
     from metactl.nn.inner_loops import LearnerState
     from metactl.plugins import AlgorithmRegistry
+
+
+EVAL_BATCH_NORM = ("running", "batch")
 
 
 class MetaLearnerLSTM(Algorithm):
@@ -39,7 +43,8 @@ class MetaLearnerLSTM(Algorithm):
     Batch norm of the learner, as in the paper's code: batch statistics while adapting, with
     running averages collected per task (reset for each task); the query pass uses batch
     statistics during meta-training and those running averages at validation and test time, so
-    evaluation is not transductive.
+    evaluation is not transductive. ``eval_batch_norm=batch`` normalises the query pass with the
+    query batch's statistics instead (transductive, as MAML evaluates).
 
     Shapes: support images (T, way * shot, C, H, W), queries (T, Q, C, H, W), logits (T, Q, way);
     the task state is a :class:`~metactl.nn.inner_loops.LearnerState` (parameters and running
@@ -63,6 +68,7 @@ class MetaLearnerLSTM(Algorithm):
         # one at a time, Adam 0.001, gradient norm clipped at 0.25 (1-shot: 12 passes).
         "*": {"hidden": 32, "downsample": "max-pool", "lstm_hidden": 20, "inner_epochs": 5,
               "inner_batch_size": 5, "bn_momentum": 0.9, "bn_eps": 1e-3, "batch_tasks": True,
+              "eval_batch_norm": "running",
               "optimizer": "adam", "lr": 1e-3, "grad_clip": 0.25, "meta_batch": 1,
               "episodes": 75_000},
         # mini-ImageNet: 15 queries per class (the authors' nEvalExamples); 1-shot: 12 passes.
@@ -83,6 +89,9 @@ class MetaLearnerLSTM(Algorithm):
         "bn_momentum": "momentum of the learner's per-task batch-norm running averages",
         "bn_eps": "epsilon of the learner's batch norm",
         "batch_tasks": "adapt the tasks of a batch in one vmapped forward (false: a loop)",
+        "eval_batch_norm": "batch norm of the query pass at validation and test time: running "
+                           "(the averages collected while adapting, as in the authors' code) or "
+                           "batch (the query batch's statistics: transductive)",
     }
     # float32: the LSTM's cell state is the learner's weights, updated in small steps; per-task
     # weights under vmap lose the channels-last layout.
@@ -92,6 +101,11 @@ class MetaLearnerLSTM(Algorithm):
     def __init__(self, hparams: dict[str, Any]) -> None:
         super().__init__(hparams)
         from metactl.nn.inner_loops import LSTMUpdate
+
+        self.hparams.setdefault("eval_batch_norm", "running")  # runs saved before the option
+        if self.hparams["eval_batch_norm"] not in EVAL_BATCH_NORM:
+            raise UsageError(f"unknown eval_batch_norm {self.hparams['eval_batch_norm']!r}",
+                             f"use one of {', '.join(EVAL_BATCH_NORM)}")
 
         self.inner_loop = LSTMUpdate(epochs=int(self.hparams["inner_epochs"]),
                                      batch_size=int(self.hparams["inner_batch_size"]))
@@ -108,12 +122,15 @@ class MetaLearnerLSTM(Algorithm):
         return LearnerWithMetaLSTM(learner, hidden=int(self.hparams["lstm_hidden"]))
 
     def logits(self, model: nn.Module, state: LearnerState, query_images: Tensor) -> Tensor:
-        """Class scores (T, Q, way) of the learner with the task state's parameters; batch norm
-        follows ``model.training`` (batch statistics) or not (the task's running averages)."""
-        from metactl.nn.functional import task_forward
+        """Class scores (T, Q, way) of the learner with the task state's parameters. Batch norm
+        follows the learner's mode: batch statistics in training mode, else the task's running
+        averages (or the batch's statistics with ``eval_batch_norm=batch``)."""
+        from metactl.nn.functional import task_forward, training_mode
 
-        return task_forward(model.learner, state.parameters, query_images, state.buffers,
-                            batched=bool(self.hparams["batch_tasks"]))
+        batch_statistics = model.learner.training or self.hparams["eval_batch_norm"] == "batch"
+        with training_mode(model.learner, batch_statistics):
+            return task_forward(model.learner, state.parameters, query_images, state.buffers,
+                                batched=bool(self.hparams["batch_tasks"]))
 
     def predict(self, model: nn.Module, support: LabelledImages, query_images: Tensor
                 ) -> Tensor:

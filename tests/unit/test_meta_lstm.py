@@ -11,6 +11,7 @@ from torch import nn
 
 from metactl.algorithm import ModelSpec, support_of
 from metactl.engine.config import resolve_config
+from metactl.errors import UsageError
 from metactl_plugins.meta_lstm import MetaLearnerLSTM
 
 SMALL = {"hidden": 4, "lstm_hidden": 3, "inner_epochs": 3, "inner_batch_size": 0}
@@ -129,6 +130,33 @@ def test_evaluation_is_not_transductive():
         transductive = algorithm.logits(model, state, batch.query_images)
     assert not torch.allclose(together, transductive)
 
+
+
+def test_batch_statistics_at_evaluation_are_an_option():
+    """``eval_batch_norm=batch`` scores the queries of a model in evaluation mode exactly as
+    the batch statistics of training mode do, and leaves adaptation unchanged."""
+    algorithm = make_algorithm(eval_batch_norm="batch")
+    model = build(algorithm).eval()
+    batch = task_batch()
+    with torch.enable_grad():
+        state = algorithm.adapt(model, support_of(batch))
+        together = algorithm.logits(model, state, batch.query_images)
+        alone = algorithm.logits(model, state, batch.query_images[:, :1])
+        model.train()
+        transductive = algorithm.logits(model, state, batch.query_images)
+    assert torch.allclose(together, transductive, atol=1e-12)
+    assert not torch.allclose(together[:, :1], alone)
+    running = make_algorithm()
+    with torch.enable_grad():
+        adapted = running.adapt(build(running).eval(), support_of(batch))
+    for name, value in adapted.parameters.items():
+        assert torch.allclose(value, state.parameters[name], atol=1e-12)
+
+
+def test_unknown_evaluation_batch_norm_is_refused():
+    with pytest.raises(UsageError, match="eval_batch_norm 'query'") as refused:
+        make_algorithm(eval_batch_norm="query")
+    assert refused.value.hint == "use one of running, batch"
 
 def test_predict_returns_probabilities():
     algorithm = make_algorithm()

@@ -114,16 +114,21 @@ def test_batched_and_looped_tasks_agree(mode):
     assert torch.allclose(gradients[0], gradients[1], atol=1e-12)
 
 
-def test_evaluation_is_not_transductive():
-    """In evaluation mode the queries use the running averages of the support set: a query's
-    scores do not depend on the other queries."""
-    algorithm = make_algorithm()
+def scores_in_evaluation_mode(algorithm, batch):
+    """A model in evaluation mode adapted to the batch's support sets: the model, the task
+    state, every query's scores computed together, and the first query's computed alone."""
     model = build(algorithm).eval()
-    batch = task_batch()
     with torch.enable_grad():
         state = algorithm.adapt(model, support_of(batch))
         together = algorithm.logits(model, state, batch.query_images)
         alone = algorithm.logits(model, state, batch.query_images[:, :1])
+    return model, state, together, alone
+
+def test_evaluation_is_not_transductive():
+    """In evaluation mode the queries use the running averages of the support set: a query's
+    scores do not depend on the other queries."""
+    algorithm, batch = make_algorithm(), task_batch()
+    model, state, together, alone = scores_in_evaluation_mode(algorithm, batch)
     assert torch.allclose(together[:, :1], alone, atol=1e-12)
     model.train()
     with torch.enable_grad():
@@ -131,18 +136,13 @@ def test_evaluation_is_not_transductive():
     assert not torch.allclose(together, transductive)
 
 
-
 def test_batch_statistics_at_evaluation_are_an_option():
     """``eval_batch_norm=batch`` scores the queries of a model in evaluation mode exactly as
     the batch statistics of training mode do, and leaves adaptation unchanged."""
-    algorithm = make_algorithm(eval_batch_norm="batch")
-    model = build(algorithm).eval()
-    batch = task_batch()
+    algorithm, batch = make_algorithm(eval_batch_norm="batch"), task_batch()
+    model, state, together, alone = scores_in_evaluation_mode(algorithm, batch)
+    model.train()
     with torch.enable_grad():
-        state = algorithm.adapt(model, support_of(batch))
-        together = algorithm.logits(model, state, batch.query_images)
-        alone = algorithm.logits(model, state, batch.query_images[:, :1])
-        model.train()
         transductive = algorithm.logits(model, state, batch.query_images)
     assert torch.allclose(together, transductive, atol=1e-12)
     assert not torch.allclose(together[:, :1], alone)

@@ -106,6 +106,7 @@ class SupervisedPretraining(Algorithm):
 
     family = "baseline"
     batch_norm_spans_tasks = True  # pre-training classifies every task's images together
+    trains_without_queries = True  # the classifier's loss is on every image, support included
     defaults = PRETRAINING_DEFAULTS
     hyperparameter_help = PRETRAINING_HELP
 

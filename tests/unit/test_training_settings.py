@@ -144,7 +144,8 @@ def test_only_algorithms_that_train_without_queries_accept_train_query_zero():
     from metactl.engine.trainer import check_queries
     from metactl.errors import UsageError
 
-    reptile = get_registry().get("reptile")
-    check_queries(reptile(reptile.defaults["*"]), {"train_query": 0})
+    for name in ("reptile", "nearest-neighbor", "finetune"):
+        algorithm = get_registry().get(name)
+        check_queries(algorithm(algorithm.defaults["*"]), {"train_query": 0})
     with pytest.raises(UsageError, match="train_query must be positive"):
         check_queries(PrototypicalNetworks({}), {"train_query": 0})

@@ -402,9 +402,7 @@ def train(algorithm: str | type[Algorithm], config: dict[str, Any], *, out: Path
     the run's lock and writes the run folder (:mod:`metactl.engine.distributed`). A resume
     with another number of processes than the run's needs ``allow_world_size_change``.
     """
-    from metactl.plugins import get_registry
-
-    algorithm_class = get_registry().get(algorithm) if isinstance(algorithm, str) else algorithm
+    algorithm_class = _algorithm_class(algorithm)
     instance = algorithm_class(config)
     check_queries(instance, config)
     check_loggers(config.get("logger"))
@@ -422,14 +420,19 @@ def train(algorithm: str | type[Algorithm], config: dict[str, Any], *, out: Path
                          deadline=deadline)
 
 
+def _algorithm_class(algorithm: str | type[Algorithm]) -> type[Algorithm]:
+    """The registered class of a name, or the class itself."""
+    from metactl.plugins import get_registry
+
+    return get_registry().get(algorithm) if isinstance(algorithm, str) else algorithm
+
+
 def save_untrained(algorithm: str | type[Algorithm], config: dict[str, Any], out: Path, *,
                    root: str | None = None) -> RunFolder:
     """A run folder at ``out`` holding the model that ``train(algorithm, config)`` starts from
     (same seed, same initial weights, the training statistics of that model), saved as step 0:
     the untrained baseline that a trained run is compared with on the same evaluation."""
-    from metactl.plugins import get_registry
-
-    algorithm_class = get_registry().get(algorithm) if isinstance(algorithm, str) else algorithm
+    algorithm_class = _algorithm_class(algorithm)
     run = RunFolder(Path(out))
     with run.writing("save_untrained"):
         trainer = Trainer(algorithm_class(config), config, run, lambda message: None,

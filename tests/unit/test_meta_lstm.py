@@ -124,6 +124,7 @@ def scores_in_evaluation_mode(algorithm, batch):
         alone = algorithm.logits(model, state, batch.query_images[:, :1])
     return model, state, together, alone
 
+
 def test_evaluation_is_not_transductive():
     """In evaluation mode the queries use the running averages of the support set: a query's
     scores do not depend on the other queries."""
@@ -157,6 +158,7 @@ def test_unknown_evaluation_batch_norm_is_refused():
     with pytest.raises(UsageError, match="eval_batch_norm 'query'") as refused:
         make_algorithm(eval_batch_norm="query")
     assert refused.value.hint == "use one of running, batch"
+
 
 def test_predict_returns_probabilities():
     algorithm = make_algorithm()
